@@ -1,0 +1,470 @@
+
+/*
+ * Copyright (C) Echelon
+ *
+ * What every API and webhook request shares: its context, reading the body
+ * into one piece, waiting on the database, and answering in JSON.
+ */
+
+
+#include "ngx_echelon.h"
+
+
+static void ngx_echelon_ctx_cleanup(void *data);
+static void ngx_echelon_query_handler(ngx_echelon_pg_query_t *q,
+    PGresult *res);
+
+
+ngx_echelon_ctx_t *
+ngx_echelon_ctx_create(ngx_http_request_t *r)
+{
+    ngx_echelon_ctx_t   *ctx;
+    ngx_pool_cleanup_t  *cln;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_echelon_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_echelon_ctx_cleanup;
+    cln->data = ctx;
+
+    ctx->request = r;
+    ctx->emcf = ngx_http_get_module_main_conf(r, ngx_http_echelon_module);
+
+    ngx_http_set_ctx(r, ctx, ngx_http_echelon_module);
+
+    return ctx;
+}
+
+
+/* the request goes away: a query still waiting must not call back */
+
+static void
+ngx_echelon_ctx_cleanup(void *data)
+{
+    ngx_echelon_ctx_t  *ctx = data;
+
+    ngx_echelon_pg_detach(&ctx->query);
+
+    if (ctx->json) {
+        json_decref(ctx->json);
+        ctx->json = NULL;
+    }
+}
+
+
+ngx_int_t
+ngx_echelon_read_body(ngx_http_request_t *r,
+    ngx_http_client_body_handler_pt post_handler)
+{
+    ngx_int_t                rc;
+    ngx_echelon_loc_conf_t  *elcf;
+
+    elcf = ngx_http_get_module_loc_conf(r, ngx_http_echelon_module);
+
+    if (r->headers_in.content_length_n > (off_t) elcf->max_body_size) {
+        ngx_http_discard_request_body(r);
+        return ngx_echelon_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                      "body_too_large",
+                                      "the request body is too large", NULL);
+    }
+
+    rc = ngx_http_read_client_request_body(r, post_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+/* the body in one piece, whether nginx kept it in buffers or a file */
+
+ngx_int_t
+ngx_echelon_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
+{
+    off_t                    len;
+    u_char                  *p;
+    ssize_t                  n;
+    ngx_buf_t               *b;
+    ngx_chain_t             *cl;
+    ngx_echelon_loc_conf_t  *elcf;
+
+    ngx_str_null(body);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        len += ngx_buf_in_memory(b) ? b->last - b->pos
+                                    : b->file_last - b->file_pos;
+    }
+
+    elcf = ngx_http_get_module_loc_conf(r, ngx_http_echelon_module);
+
+    if (len > (off_t) elcf->max_body_size) {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    body->data = p;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        /* a local temporary file, read like nginx reads its own */
+
+        n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                          b->file_pos);
+
+        if (n != b->file_last - b->file_pos) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "echelon: short read of the request body file");
+            return NGX_ERROR;
+        }
+
+        p += n;
+    }
+
+    *p = '\0';
+    body->len = len;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_echelon_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *json)
+{
+    char         *text;
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    text = json_dumps(json, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(json);
+
+    if (text == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(text);
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        free(text);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, text, len);
+    *b->last++ = '\n';
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    free(text);
+
+    r->headers_out.status = status;
+
+    if (status == NGX_HTTP_UNPROCESSABLE_ENTITY) {
+        ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Entity");
+    }
+
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_echelon_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message, const char *field)
+{
+    json_t           *err;
+    ngx_table_elt_t  *h;
+
+    err = json_pack("{s:s, s:s}", "code", code, "message", message);
+    if (err == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (field) {
+        json_object_set_new(err, "field", json_string(field));
+    }
+
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            json_decref(err);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Retry-After");
+        ngx_str_set(&h->value, "1");
+    }
+
+    return ngx_echelon_send_json(r, status, json_pack("{s:o}", "error", err));
+}
+
+
+/* start ctx->query; "step" continues the request with its result */
+
+void
+ngx_echelon_run(ngx_echelon_ctx_t *ctx, ngx_echelon_step_pt step)
+{
+    ctx->step = step;
+    ctx->query.handler = ngx_echelon_query_handler;
+    ctx->query.data = ctx;
+    ctx->query.log = ctx->request->connection->log;
+
+    ngx_echelon_pg_query(ctx->emcf->pool, &ctx->query);
+}
+
+
+static void
+ngx_echelon_query_handler(ngx_echelon_pg_query_t *q, PGresult *res)
+{
+    ngx_int_t            rc;
+    ngx_echelon_ctx_t   *ctx;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    ctx = q->data;
+    r = ctx->request;
+    c = r->connection;
+
+    rc = ctx->step(ctx, res);
+
+    if (rc != NGX_DONE) {
+        ngx_echelon_finish(ctx, rc);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+void
+ngx_echelon_finish(ngx_echelon_ctx_t *ctx, ngx_int_t rc)
+{
+    if (ctx->json) {
+        json_decref(ctx->json);
+        ctx->json = NULL;
+    }
+
+    ngx_http_finalize_request(ctx->request, rc);
+}
+
+
+/* a query that did not succeed, told to the client */
+
+ngx_int_t
+ngx_echelon_db_error(ngx_echelon_ctx_t *ctx)
+{
+    if (ctx->query.status == NGX_ECHELON_PG_UNAVAILABLE) {
+        return ngx_echelon_send_error(ctx->request,
+                                      NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "store_unavailable",
+                                      "the database is unavailable; "
+                                      "try again shortly", NULL);
+    }
+
+    return ngx_echelon_send_error(ctx->request,
+                                  NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                  "internal_error",
+                                  "the request could not be stored", NULL);
+}
+
+
+/* split "/v1/employees/emp_1/triggers" after "/v1/" into its parts */
+
+ngx_uint_t
+ngx_echelon_split_path(ngx_str_t *uri, size_t skip, ngx_str_t *parts,
+    ngx_uint_t max)
+{
+    u_char      *p, *last, *start;
+    ngx_uint_t   n;
+
+    if (uri->len < skip) {
+        return 0;
+    }
+
+    p = uri->data + skip;
+    last = uri->data + uri->len;
+    n = 0;
+
+    while (p < last) {
+        start = p;
+
+        while (p < last && *p != '/') {
+            p++;
+        }
+
+        if (p > start) {
+            if (n == max) {
+                return max + 1;
+            }
+
+            parts[n].data = start;
+            parts[n].len = p - start;
+            n++;
+        }
+
+        p++;
+    }
+
+    return n;
+}
+
+
+json_t *
+ngx_echelon_json_str(ngx_str_t *s)
+{
+    if (s->data == NULL) {
+        return json_null();
+    }
+
+    return json_stringn((const char *) s->data, s->len);
+}
+
+
+json_t *
+ngx_echelon_json_column(PGresult *res, int row, const char *column)
+{
+    ngx_str_t  v;
+
+    v = ngx_echelon_pg_value(res, row, column);
+
+    return ngx_echelon_json_str(&v);
+}
+
+
+ngx_table_elt_t *
+ngx_echelon_find_header(ngx_http_request_t *r, const char *name)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    len = ngx_strlen(name);
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
+}
+
+
+/*
+ * ctx->body and ctx->json from the request body: a JSON object, sent as
+ * application/json.  When ctx->json is left NULL, the error answer has
+ * been sent and the return value is the request's to finalize with.
+ */
+
+ngx_int_t
+ngx_echelon_parse_body(ngx_echelon_ctx_t *ctx)
+{
+    ngx_int_t            rc;
+    ngx_str_t           *type;
+    json_error_t         err;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+
+    rc = (ctx->body.data == NULL) ? ngx_echelon_body_bytes(r, &ctx->body)
+                                  : NGX_OK;
+
+    if (rc == NGX_DECLINED) {
+        return ngx_echelon_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                      "body_too_large",
+                                      "the request body is too large", NULL);
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    type = r->headers_in.content_type ? &r->headers_in.content_type->value
+                                      : NULL;
+
+    if (type == NULL
+        || type->len < sizeof("application/json") - 1
+        || ngx_strncasecmp(type->data, (u_char *) "application/json",
+                           sizeof("application/json") - 1) != 0
+        || (type->len > sizeof("application/json") - 1
+            && type->data[sizeof("application/json") - 1] != ';'
+            && type->data[sizeof("application/json") - 1] != ' '))
+    {
+        return ngx_echelon_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                      "unsupported_media_type",
+                                      "the body must be application/json",
+                                      NULL);
+    }
+
+    ctx->json = json_loadb((const char *) ctx->body.data, ctx->body.len,
+                           JSON_REJECT_DUPLICATES, &err);
+
+    if (ctx->json == NULL) {
+        return ngx_echelon_send_error(r, NGX_HTTP_BAD_REQUEST, "invalid_json",
+                                      err.text, NULL);
+    }
+
+    if (!json_is_object(ctx->json)) {
+        json_decref(ctx->json);
+        ctx->json = NULL;
+
+        return ngx_echelon_send_error(r, NGX_HTTP_BAD_REQUEST, "invalid_json",
+                                      "the body must be a JSON object", NULL);
+    }
+
+    return NGX_OK;
+}

@@ -1,0 +1,744 @@
+
+/*
+ * Copyright (C) Echelon
+ *
+ * The scheduler: a timer in one worker that claims due deliveries from
+ * PostgreSQL, checks that they should still go out, renders them, hands
+ * them to a transport and writes down what became of each.
+ *
+ * A claim is a lease with a token.  Only the holder of the token can
+ * finish a delivery, so a worker presumed dead cannot overwrite a newer
+ * result; a lease that runs out puts the delivery back in the queue.
+ */
+
+
+#include "ngx_echelon.h"
+
+
+#define NGX_ECHELON_FINISH_RETRY   1000
+#define NGX_ECHELON_BACKOFF_MAX    86400
+
+
+typedef struct {
+    ngx_echelon_main_conf_t    *emcf;
+    ngx_log_t                  *log;
+    ngx_event_t                 tick;
+    ngx_event_t                 guard;
+    ngx_echelon_pg_query_t      query;
+    ngx_queue_t                 jobs;
+    ngx_uint_t                  njobs;
+    char                        batch[NGX_INT_T_LEN + 1];
+    char                        lease[NGX_INT_T_LEN + 1];
+    unsigned                    claiming:1;
+    unsigned                    again:1;
+} ngx_echelon_scheduler_t;
+
+
+typedef struct {
+    ngx_echelon_scheduler_t    *sched;
+    ngx_pool_t                 *pool;
+    ngx_queue_t                 queue;
+    ngx_echelon_pg_query_t      query;
+    ngx_event_t                 retry;
+    ngx_msec_t                  started;
+
+    ngx_str_t                   id;
+    ngx_str_t                   token;
+    ngx_uint_t                  attempts;
+
+    const char                 *status;
+    const char                 *outcome;
+    ngx_str_t                   reason;
+    ngx_str_t                   address;
+    ngx_str_t                   subject;
+    ngx_str_t                   body;
+    char                        retry_in[NGX_INT_T_LEN + 1];
+    unsigned                    retrying:1;
+} ngx_echelon_job_t;
+
+
+static void ngx_echelon_sched_tick(ngx_event_t *ev);
+static void ngx_echelon_sched_rescued(ngx_echelon_pg_query_t *q,
+    PGresult *res);
+static void ngx_echelon_sched_claimed(ngx_echelon_pg_query_t *q,
+    PGresult *res);
+static void ngx_echelon_sched_next(ngx_echelon_scheduler_t *sched,
+    ngx_msec_t delay);
+static void ngx_echelon_job_start(ngx_echelon_scheduler_t *sched,
+    PGresult *res, int row);
+static ngx_int_t ngx_echelon_job_check(ngx_echelon_job_t *job,
+    PGresult *res, int row, ngx_str_t *channel);
+static ngx_int_t ngx_echelon_job_render(ngx_echelon_job_t *job,
+    PGresult *res, int row, ngx_echelon_mail_t *mail);
+static void ngx_echelon_job_sent(void *data, ngx_echelon_send_e rc,
+    ngx_str_t *reason);
+static void ngx_echelon_job_end(ngx_echelon_job_t *job, const char *status,
+    const char *outcome, const char *reason);
+static void ngx_echelon_job_finish(ngx_echelon_job_t *job);
+static void ngx_echelon_job_finished(ngx_echelon_pg_query_t *q,
+    PGresult *res);
+static void ngx_echelon_job_retry(ngx_event_t *ev);
+static void ngx_echelon_job_free(ngx_echelon_job_t *job);
+static ngx_str_t ngx_echelon_job_copy(ngx_echelon_job_t *job, PGresult *res,
+    int row, const char *column);
+static ngx_int_t ngx_echelon_is(ngx_str_t *v, const char *s);
+static void ngx_echelon_guard_handler(ngx_event_t *ev);
+
+
+static ngx_echelon_scheduler_t  *ngx_echelon_scheduler;
+
+
+ngx_int_t
+ngx_echelon_scheduler_start(ngx_cycle_t *cycle,
+    ngx_echelon_main_conf_t *emcf)
+{
+    ngx_echelon_scheduler_t  *sched;
+
+    sched = ngx_pcalloc(cycle->pool, sizeof(ngx_echelon_scheduler_t));
+    if (sched == NULL) {
+        return NGX_ERROR;
+    }
+
+    sched->emcf = emcf;
+    sched->log = cycle->log;
+    ngx_queue_init(&sched->jobs);
+
+    ngx_sprintf((u_char *) sched->batch, "%ui%Z", emcf->scheduler_batch);
+    ngx_sprintf((u_char *) sched->lease, "%M%Z",
+                emcf->scheduler_lease / 1000);
+
+    sched->tick.handler = ngx_echelon_sched_tick;
+    sched->tick.data = sched;
+    sched->tick.log = cycle->log;
+    sched->tick.cancelable = 1;
+
+    /* held while sends are in flight, so that a graceful exit waits */
+
+    sched->guard.handler = ngx_echelon_guard_handler;
+    sched->guard.data = sched;
+    sched->guard.log = cycle->log;
+
+    ngx_echelon_scheduler = sched;
+
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                  "echelon: scheduler runs in this process, every %M ms, "
+                  "%ui deliveries a batch", emcf->scheduler_interval,
+                  emcf->scheduler_batch);
+
+    ngx_add_timer(&sched->tick, 1);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_echelon_scheduler_stop(ngx_cycle_t *cycle)
+{
+    ngx_queue_t              *qe;
+    ngx_echelon_job_t        *job;
+    ngx_echelon_scheduler_t  *sched;
+
+    sched = ngx_echelon_scheduler;
+
+    if (sched == NULL) {
+        return;
+    }
+
+    if (sched->tick.timer_set) {
+        ngx_del_timer(&sched->tick);
+    }
+
+    if (sched->guard.timer_set) {
+        ngx_del_timer(&sched->guard);
+    }
+
+    ngx_echelon_pg_detach(&sched->query);
+
+    /* what is still claimed goes back to the queue when its lease ends */
+
+    while (!ngx_queue_empty(&sched->jobs)) {
+        qe = ngx_queue_head(&sched->jobs);
+        job = ngx_queue_data(qe, ngx_echelon_job_t, queue);
+        ngx_echelon_job_free(job);
+    }
+
+    ngx_echelon_scheduler = NULL;
+}
+
+
+static void
+ngx_echelon_sched_tick(ngx_event_t *ev)
+{
+    ngx_echelon_scheduler_t  *sched;
+
+    sched = ev->data;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    if (sched->claiming) {
+        return;
+    }
+
+    /* no more in flight than one batch */
+
+    if (sched->njobs >= sched->emcf->scheduler_batch) {
+        sched->again = 1;
+        return;
+    }
+
+    sched->claiming = 1;
+
+    ngx_memzero(&sched->query, sizeof(ngx_echelon_pg_query_t));
+    sched->query.sql = NGX_ECHELON_SQL_RESCUE;
+    sched->query.handler = ngx_echelon_sched_rescued;
+    sched->query.data = sched;
+    sched->query.log = sched->log;
+
+    ngx_echelon_pg_query(sched->emcf->pool, &sched->query);
+}
+
+
+static void
+ngx_echelon_sched_rescued(ngx_echelon_pg_query_t *q, PGresult *res)
+{
+    char                     *n;
+    ngx_echelon_scheduler_t  *sched;
+
+    sched = q->data;
+
+    if (res == NULL || q->status != NGX_ECHELON_PG_OK) {
+        sched->claiming = 0;
+        ngx_echelon_sched_next(sched, sched->emcf->scheduler_interval);
+        return;
+    }
+
+    n = PQcmdTuples(res);
+
+    if (n[0] != '0') {
+        ngx_log_error(NGX_LOG_WARN, sched->log, 0,
+                      "echelon: %s deliveries whose lease ran out are due "
+                      "again", n);
+    }
+
+    ngx_memzero(q, sizeof(ngx_echelon_pg_query_t));
+    q->sql = NGX_ECHELON_SQL_CLAIM;
+    q->handler = ngx_echelon_sched_claimed;
+    q->data = sched;
+    q->log = sched->log;
+
+    ngx_echelon_pg_param_cstr(q, sched->batch);
+    ngx_echelon_pg_param_cstr(q, sched->lease);
+
+    ngx_echelon_pg_query(sched->emcf->pool, q);
+}
+
+
+static void
+ngx_echelon_sched_claimed(ngx_echelon_pg_query_t *q, PGresult *res)
+{
+    int                       i, n;
+    ngx_echelon_scheduler_t  *sched;
+
+    sched = q->data;
+    sched->claiming = 0;
+
+    if (res == NULL || q->status != NGX_ECHELON_PG_OK) {
+        ngx_echelon_sched_next(sched, sched->emcf->scheduler_interval);
+        return;
+    }
+
+    n = PQntuples(res);
+
+    if (n) {
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, sched->log, 0,
+                       "echelon: claimed %d deliveries", n);
+    }
+
+    for (i = 0; i < n; i++) {
+        ngx_echelon_job_start(sched, res, i);
+    }
+
+    /* a full batch means more are due now */
+
+    if ((ngx_uint_t) n == sched->emcf->scheduler_batch) {
+        ngx_echelon_sched_next(sched, 1);
+        return;
+    }
+
+    ngx_echelon_sched_next(sched, sched->emcf->scheduler_interval);
+}
+
+
+static void
+ngx_echelon_sched_next(ngx_echelon_scheduler_t *sched, ngx_msec_t delay)
+{
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    if (sched->tick.timer_set) {
+        ngx_del_timer(&sched->tick);
+    }
+
+    ngx_add_timer(&sched->tick, delay);
+}
+
+
+static void
+ngx_echelon_job_start(ngx_echelon_scheduler_t *sched, PGresult *res, int row)
+{
+    ngx_str_t            v, channel;
+    ngx_int_t            rc;
+    ngx_pool_t          *pool;
+    ngx_echelon_job_t   *job;
+    ngx_echelon_mail_t   mail;
+
+    pool = ngx_create_pool(2048, sched->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    job = ngx_pcalloc(pool, sizeof(ngx_echelon_job_t));
+    if (job == NULL) {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    job->sched = sched;
+    job->pool = pool;
+    job->started = ngx_current_msec;
+    job->retry.handler = ngx_echelon_job_retry;
+    job->retry.data = job;
+    job->retry.log = sched->log;
+    job->retry.cancelable = 1;
+
+    ngx_queue_insert_tail(&sched->jobs, &job->queue);
+    sched->njobs++;
+
+    if (!sched->guard.timer_set) {
+        ngx_add_timer(&sched->guard, sched->emcf->scheduler_lease);
+    }
+
+    job->id = ngx_echelon_job_copy(job, res, row, "id");
+    job->token = ngx_echelon_job_copy(job, res, row, "claim_token");
+
+    v = ngx_echelon_pg_value(res, row, "attempts");
+    job->attempts = ngx_atoi(v.data, v.len);
+
+    channel = ngx_echelon_pg_value(res, row, "channel");
+
+    if (ngx_echelon_job_check(job, res, row, &channel) != NGX_OK) {
+        return;
+    }
+
+    ngx_memzero(&mail, sizeof(ngx_echelon_mail_t));
+
+    if (ngx_echelon_job_render(job, res, row, &mail) != NGX_OK) {
+        ngx_echelon_job_end(job, "failed", NULL,
+                            "the message could not be rendered");
+        return;
+    }
+
+    rc = ngx_echelon_smtp_send(sched->emcf->smtp, &mail,
+                               ngx_echelon_job_sent, job);
+
+    if (rc != NGX_OK) {
+        ngx_echelon_job_end(job, "scheduled", "transient",
+                            "the SMTP transfer could not be started");
+    }
+}
+
+
+/*
+ * Should it still go out?  NGX_OK to send; otherwise the delivery has been
+ * ended as cancelled or skipped, with the reason.
+ */
+
+static ngx_int_t
+ngx_echelon_job_check(ngx_echelon_job_t *job, PGresult *res, int row,
+    ngx_str_t *channel)
+{
+    ngx_str_t  v;
+
+    v = ngx_echelon_pg_value(res, row, "trigger_deleted");
+    if (ngx_echelon_is(&v, "t")) {
+        ngx_echelon_job_end(job, "cancelled", NULL,
+                            "the trigger was deleted");
+        return NGX_DECLINED;
+    }
+
+    v = ngx_echelon_pg_value(res, row, "employee_deleted");
+    if (ngx_echelon_is(&v, "t")) {
+        ngx_echelon_job_end(job, "cancelled", NULL,
+                            "the employee was deleted");
+        return NGX_DECLINED;
+    }
+
+    v = ngx_echelon_pg_value(res, row, "unless_paid");
+    if (ngx_echelon_is(&v, "t")) {
+        v = ngx_echelon_pg_value(res, row, "invoice_status");
+
+        if (ngx_echelon_is(&v, "paid") || ngx_echelon_is(&v, "void")) {
+            ngx_echelon_job_end(job, "cancelled", NULL,
+                                ngx_echelon_is(&v, "paid")
+                                ? "the invoice is paid"
+                                : "the invoice is void");
+            return NGX_DECLINED;
+        }
+    }
+
+    v = ngx_echelon_pg_value(res, row, "channel_enabled");
+    if (!ngx_echelon_is(&v, "t")) {
+        ngx_echelon_job_end(job, "skipped", NULL,
+                            "the employee no longer uses this channel");
+        return NGX_DECLINED;
+    }
+
+    if (!ngx_echelon_is(channel, "email")) {
+
+        /* SMS and WhatsApp transports are not built yet */
+
+        ngx_echelon_job_end(job, "skipped", NULL,
+                            "this server has no transport for the channel");
+        return NGX_DECLINED;
+    }
+
+    job->address = ngx_echelon_job_copy(job, res, row, "email");
+
+    if (job->address.len == 0) {
+        ngx_echelon_job_end(job, "skipped", NULL,
+                            "the contact has no email address");
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_echelon_job_render(ngx_echelon_job_t *job, PGresult *res, int row,
+    ngx_echelon_mail_t *mail)
+{
+    int64_t              amount;
+    ngx_str_t            v, currency, tmpl;
+    ngx_echelon_vars_t   vars;
+
+    ngx_memzero(&vars, sizeof(ngx_echelon_vars_t));
+
+    vars.contact_name = ngx_echelon_pg_value(res, row, "contact_name");
+    if (vars.contact_name.len == 0) {
+        ngx_str_set(&vars.contact_name, "there");
+    }
+
+    vars.invoice_number = ngx_echelon_pg_value(res, row, "number");
+    vars.invoice_url = ngx_echelon_pg_value(res, row, "url");
+    vars.employee_name = ngx_echelon_pg_value(res, row, "employee_name");
+    vars.account_name = ngx_echelon_pg_value(res, row, "account_name");
+
+    vars.invoice_due_date = ngx_echelon_pg_value(res, row, "due_date");
+    if (vars.invoice_due_date.len == 0) {
+        ngx_str_set(&vars.invoice_due_date, "on receipt");
+    }
+
+    v = ngx_echelon_pg_value(res, row, "amount_due");
+    currency = ngx_echelon_pg_value(res, row, "currency");
+
+    if (v.len) {
+        amount = ngx_atoof(v.data[0] == '-' ? v.data + 1 : v.data,
+                           v.data[0] == '-' ? v.len - 1 : v.len);
+        if (v.data[0] == '-') {
+            amount = -amount;
+        }
+
+        if (ngx_echelon_format_money(job->pool, amount, &currency,
+                                     &vars.invoice_amount)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    tmpl = ngx_echelon_pg_value(res, row, "template_subject");
+
+    if (ngx_echelon_render(job->pool, &tmpl, &vars, &job->subject) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    tmpl = ngx_echelon_pg_value(res, row, "template_body");
+
+    if (ngx_echelon_render(job->pool, &tmpl, &vars, &job->body) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    mail->from = ngx_echelon_pg_value(res, row, "sender");
+    if (mail->from.len == 0) {
+        mail->from = job->sched->emcf->smtp_from;
+    }
+
+    mail->to = job->address;
+    mail->subject = job->subject;
+    mail->body = job->body;
+    mail->message_id = job->id;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_echelon_job_sent(void *data, ngx_echelon_send_e rc, ngx_str_t *reason)
+{
+    u_char             *p;
+    ngx_echelon_job_t  *job;
+
+    job = data;
+
+    switch (rc) {
+
+    case NGX_ECHELON_SEND_OK:
+        ngx_log_error(NGX_LOG_INFO, job->sched->log, 0,
+                      "echelon: delivery %V sent by email in %M ms",
+                      &job->id, ngx_current_msec - job->started);
+
+        ngx_echelon_job_end(job, "sent", "sent", NULL);
+        return;
+
+    case NGX_ECHELON_SEND_TRANSIENT:
+        p = ngx_pnalloc(job->pool, reason->len + 1);
+        if (p) {
+            *ngx_cpymem(p, reason->data, reason->len) = '\0';
+        }
+
+        ngx_echelon_job_end(job, "scheduled", "transient",
+                            p ? (char *) p : "temporary failure");
+        return;
+
+    default:
+        p = ngx_pnalloc(job->pool, reason->len + 1);
+        if (p) {
+            *ngx_cpymem(p, reason->data, reason->len) = '\0';
+        }
+
+        ngx_echelon_job_end(job, "failed", "permanent",
+                            p ? (char *) p : "permanent failure");
+        return;
+    }
+}
+
+
+/*
+ * What became of the delivery: a final status, or "scheduled" for another
+ * attempt after a backoff, unless the attempts are used up
+ */
+
+static void
+ngx_echelon_job_end(ngx_echelon_job_t *job, const char *status,
+    const char *outcome, const char *reason)
+{
+    u_char                   *p;
+    size_t                    len;
+    ngx_uint_t                attempt, delay, jitter;
+    ngx_echelon_main_conf_t  *emcf;
+
+    emcf = job->sched->emcf;
+
+    job->status = status;
+    job->outcome = outcome;
+
+    if (reason) {
+        job->reason.data = (u_char *) reason;
+        job->reason.len = ngx_strlen(reason);
+    }
+
+    if (ngx_strcmp(status, "scheduled") == 0) {
+        attempt = job->attempts + 1;
+
+        if (attempt >= emcf->max_attempts) {
+            len = sizeof("gave up after  attempts: ") + NGX_INT_T_LEN
+                  + job->reason.len;
+
+            p = ngx_pnalloc(job->pool, len);
+            if (p) {
+                *ngx_snprintf(p, len - 1, "gave up after %ui attempts: %V",
+                              attempt, &job->reason) = '\0';
+                job->reason.data = p;
+                job->reason.len = ngx_strlen(p);
+            }
+
+            job->status = "failed";
+
+        } else {
+            delay = emcf->retry_backoff / 1000;
+            delay = ngx_max(delay, 1) << ngx_min(attempt - 1, 16);
+            delay = ngx_min(delay, NGX_ECHELON_BACKOFF_MAX);
+
+            /* up to a fifth more, so that retries do not march together */
+
+            jitter = delay / 5 ? ngx_random() % (delay / 5 + 1) : 0;
+
+            job->retrying = 1;
+            ngx_sprintf((u_char *) job->retry_in, "%ui%Z", delay + jitter);
+        }
+
+        ngx_log_error(NGX_LOG_WARN, job->sched->log, 0,
+                      "echelon: delivery %V attempt %ui failed: %V%s",
+                      &job->id, attempt, &job->reason,
+                      job->retrying ? "; will retry" : "; giving up");
+
+    } else if (ngx_strcmp(status, "sent") != 0) {
+        ngx_log_error(NGX_LOG_INFO, job->sched->log, 0,
+                      "echelon: delivery %V %s: %V",
+                      &job->id, job->status, &job->reason);
+    }
+
+    ngx_echelon_job_finish(job);
+}
+
+
+static void
+ngx_echelon_job_finish(ngx_echelon_job_t *job)
+{
+    ngx_echelon_pg_query_t  *q;
+
+    q = &job->query;
+
+    ngx_memzero(q, sizeof(ngx_echelon_pg_query_t));
+    q->sql = NGX_ECHELON_SQL_FINISH;
+    q->handler = ngx_echelon_job_finished;
+    q->data = job;
+    q->log = job->sched->log;
+
+    ngx_echelon_pg_param_cstr(q, (const char *) job->id.data);
+    ngx_echelon_pg_param_cstr(q, (const char *) job->token.data);
+    ngx_echelon_pg_param_cstr(q, job->status);
+    ngx_echelon_pg_param_cstr(q, (const char *) job->reason.data);
+    ngx_echelon_pg_param_cstr(q, (const char *) job->address.data);
+    ngx_echelon_pg_param_cstr(q, (const char *) job->subject.data);
+    ngx_echelon_pg_param_cstr(q, (const char *) job->body.data);
+    ngx_echelon_pg_param_cstr(q, job->retrying ? job->retry_in : NULL);
+    ngx_echelon_pg_param_cstr(q, job->outcome);
+
+    ngx_echelon_pg_query(job->sched->emcf->pool, q);
+}
+
+
+static void
+ngx_echelon_job_finished(ngx_echelon_pg_query_t *q, PGresult *res)
+{
+    ngx_echelon_job_t  *job;
+
+    job = q->data;
+
+    if (res != NULL && q->status == NGX_ECHELON_PG_OK) {
+        ngx_echelon_job_free(job);
+        return;
+    }
+
+    /*
+     * The result is known but not written.  Keep trying while the lease
+     * holds; after that the delivery is due again, and may go out twice.
+     */
+
+    if (ngx_current_msec - job->started
+        < job->sched->emcf->scheduler_lease - NGX_ECHELON_FINISH_RETRY)
+    {
+        ngx_add_timer(&job->retry, NGX_ECHELON_FINISH_RETRY);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, job->sched->log, 0,
+                  "echelon: the result of delivery %V could not be stored "
+                  "before its lease ran out", &job->id);
+
+    ngx_echelon_job_free(job);
+}
+
+
+static void
+ngx_echelon_job_retry(ngx_event_t *ev)
+{
+    ngx_echelon_job_finish(ev->data);
+}
+
+
+static void
+ngx_echelon_job_free(ngx_echelon_job_t *job)
+{
+    ngx_echelon_scheduler_t  *sched;
+
+    sched = job->sched;
+
+    if (job->retry.timer_set) {
+        ngx_del_timer(&job->retry);
+    }
+
+    ngx_echelon_pg_detach(&job->query);
+
+    ngx_queue_remove(&job->queue);
+    sched->njobs--;
+
+    ngx_destroy_pool(job->pool);
+
+    if (sched->njobs == 0 && sched->guard.timer_set) {
+        ngx_del_timer(&sched->guard);
+    }
+
+    if (sched->again && sched->njobs < sched->emcf->scheduler_batch) {
+        sched->again = 0;
+        ngx_echelon_sched_next(sched, 1);
+    }
+}
+
+
+static ngx_str_t
+ngx_echelon_job_copy(ngx_echelon_job_t *job, PGresult *res, int row,
+    const char *column)
+{
+    u_char     *p;
+    ngx_str_t   v;
+
+    v = ngx_echelon_pg_value(res, row, column);
+
+    if (v.data == NULL) {
+        return v;
+    }
+
+    p = ngx_pnalloc(job->pool, v.len + 1);
+    if (p == NULL) {
+        ngx_str_null(&v);
+        return v;
+    }
+
+    *ngx_cpymem(p, v.data, v.len) = '\0';
+    v.data = p;
+
+    return v;
+}
+
+
+static ngx_int_t
+ngx_echelon_is(ngx_str_t *v, const char *s)
+{
+    size_t  len;
+
+    len = ngx_strlen(s);
+
+    return v->len == len && ngx_strncmp(v->data, s, len) == 0;
+}
+
+
+static void
+ngx_echelon_guard_handler(ngx_event_t *ev)
+{
+    ngx_echelon_scheduler_t  *sched;
+
+    sched = ev->data;
+
+    if (sched->njobs) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "echelon: %ui deliveries still in flight after a "
+                      "lease", sched->njobs);
+    }
+}

@@ -1,0 +1,531 @@
+
+/*
+ * Copyright (C) Echelon
+ *
+ * Every SQL statement of the module, and the schema migrations.
+ *
+ * Statements are prepared once per connection under their names; every
+ * value travels as a parameter.  Times are taken from the database clock:
+ * the module passes durations, never instants it computed itself.
+ */
+
+
+#include "ngx_echelon.h"
+
+
+/* version 1: accounts, billing data, the delivery queue and its ledger */
+
+#define NGX_ECHELON_SCHEMA_1                                                 \
+"CREATE FUNCTION echelon_id(prefix text) RETURNS text "                      \
+"LANGUAGE sql VOLATILE AS $$ "                                               \
+"  SELECT prefix || '_' "                                                    \
+"         || substr(replace(gen_random_uuid()::text, '-', ''), 1, 24) $$;"   \
+                                                                             \
+"CREATE FUNCTION echelon_time(t timestamptz) RETURNS text "                  \
+"LANGUAGE sql IMMUTABLE AS $$ "                                              \
+"  SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') $$;"\
+                                                                             \
+"CREATE SEQUENCE echelon_claim_seq;"                                         \
+                                                                             \
+"CREATE TABLE accounts ("                                                    \
+"  id text PRIMARY KEY DEFAULT echelon_id('acct'),"                          \
+"  name text NOT NULL,"                                                      \
+"  plan text NOT NULL CHECK (plan IN ('starter', 'growth', 'scale')),"       \
+"  api_key_hash text NOT NULL UNIQUE,"                                       \
+"  created_at timestamptz NOT NULL DEFAULT clock_timestamp());"              \
+                                                                             \
+"CREATE TABLE stripe_integrations ("                                         \
+"  account_id text PRIMARY KEY REFERENCES accounts ON DELETE CASCADE,"       \
+"  signing_secrets text[] NOT NULL,"                                         \
+"  updated_at timestamptz NOT NULL DEFAULT now());"                          \
+                                                                             \
+"CREATE TABLE channels ("                                                    \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  kind text NOT NULL CHECK (kind IN ('email', 'sms', 'whatsapp')),"         \
+"  sender text NOT NULL,"                                                    \
+"  updated_at timestamptz NOT NULL DEFAULT now(),"                           \
+"  PRIMARY KEY (account_id, kind));"                                         \
+                                                                             \
+"CREATE TABLE employees ("                                                   \
+"  id text PRIMARY KEY DEFAULT echelon_id('emp'),"                           \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  name text NOT NULL,"                                                      \
+"  role text NOT NULL,"                                                      \
+"  tone text NOT NULL,"                                                      \
+"  channels text[] NOT NULL,"                                                \
+"  enabled boolean NOT NULL DEFAULT true,"                                   \
+"  created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  deleted_at timestamptz);"                                                 \
+"CREATE INDEX employees_account"                                             \
+"  ON employees (account_id, created_at DESC, id DESC);"                     \
+                                                                             \
+"CREATE TABLE triggers ("                                                    \
+"  id text PRIMARY KEY DEFAULT echelon_id('trg'),"                           \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  employee_id text NOT NULL REFERENCES employees ON DELETE CASCADE,"        \
+"  event text NOT NULL,"                                                     \
+"  channel text NOT NULL,"                                                   \
+"  subject text,"                                                            \
+"  body text NOT NULL,"                                                      \
+"  delay_seconds integer NOT NULL DEFAULT 0 CHECK (delay_seconds >= 0),"     \
+"  unless_paid boolean NOT NULL DEFAULT false,"                              \
+"  every_days integer,"                                                      \
+"  max_times integer,"                                                       \
+"  created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  deleted_at timestamptz);"                                                 \
+"CREATE INDEX triggers_event ON triggers (account_id, event)"                \
+"  WHERE deleted_at IS NULL;"                                                \
+"CREATE INDEX triggers_employee"                                             \
+"  ON triggers (employee_id, created_at DESC, id DESC);"                     \
+                                                                             \
+"CREATE TABLE contacts ("                                                    \
+"  id text PRIMARY KEY DEFAULT echelon_id('ctc'),"                           \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  name text,"                                                               \
+"  email text,"                                                              \
+"  phone text,"                                                              \
+"  whatsapp text,"                                                           \
+"  timezone text NOT NULL DEFAULT 'UTC',"                                    \
+"  locale text,"                                                             \
+"  external_id text,"                                                        \
+"  source_version bigint NOT NULL DEFAULT 0,"                                \
+"  created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  UNIQUE (account_id, external_id));"                                       \
+                                                                             \
+"CREATE TABLE invoices ("                                                    \
+"  id text PRIMARY KEY DEFAULT echelon_id('inv'),"                           \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  contact_id text NOT NULL REFERENCES contacts ON DELETE CASCADE,"          \
+"  external_id text,"                                                        \
+"  number text,"                                                             \
+"  amount_due bigint NOT NULL,"                                              \
+"  amount_paid bigint NOT NULL DEFAULT 0,"                                   \
+"  currency text NOT NULL,"                                                  \
+"  due_at timestamptz,"                                                      \
+"  url text,"                                                                \
+"  status text NOT NULL DEFAULT 'open' CHECK (status IN"                     \
+"    ('draft', 'open', 'paid', 'void', 'uncollectible')),"                   \
+"  source_version bigint NOT NULL DEFAULT 0,"                                \
+"  created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  UNIQUE (account_id, external_id));"                                       \
+                                                                             \
+"CREATE TABLE events ("                                                      \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  source text NOT NULL,"                                                    \
+"  event_id text NOT NULL,"                                                  \
+"  type text NOT NULL,"                                                      \
+"  created bigint,"                                                          \
+"  outcome text NOT NULL,"                                                   \
+"  received_at timestamptz NOT NULL DEFAULT now(),"                          \
+"  PRIMARY KEY (account_id, source, event_id));"                             \
+                                                                             \
+"CREATE TABLE deliveries ("                                                  \
+"  id text PRIMARY KEY DEFAULT echelon_id('dlv'),"                           \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  employee_id text NOT NULL REFERENCES employees ON DELETE CASCADE,"        \
+"  trigger_id text NOT NULL REFERENCES triggers ON DELETE CASCADE,"          \
+"  event text NOT NULL,"                                                     \
+"  channel text NOT NULL,"                                                   \
+"  contact_id text NOT NULL REFERENCES contacts ON DELETE CASCADE,"          \
+"  invoice_id text REFERENCES invoices ON DELETE CASCADE,"                   \
+"  occurrence text NOT NULL,"                                                \
+"  status text NOT NULL DEFAULT 'scheduled' CHECK (status IN"                \
+"    ('scheduled', 'sending', 'sent', 'delivered', 'failed', 'cancelled',"   \
+"     'skipped')),"                                                          \
+"  reason text,"                                                             \
+"  attempts integer NOT NULL DEFAULT 0,"                                     \
+"  due_at timestamptz NOT NULL,"                                             \
+"  lease_until timestamptz,"                                                 \
+"  claim_token bigint,"                                                      \
+"  address text,"                                                            \
+"  subject text,"                                                            \
+"  body text,"                                                               \
+"  provider_id text,"                                                        \
+"  sent_at timestamptz,"                                                     \
+"  delivered_at timestamptz,"                                                \
+"  created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  UNIQUE (trigger_id, occurrence));"                                        \
+"CREATE INDEX deliveries_due ON deliveries (due_at)"                         \
+"  WHERE status = 'scheduled';"                                              \
+"CREATE INDEX deliveries_lease ON deliveries (lease_until)"                  \
+"  WHERE status = 'sending';"                                                \
+"CREATE INDEX deliveries_feed"                                               \
+"  ON deliveries (employee_id, created_at DESC, id DESC);"                   \
+"CREATE INDEX deliveries_contact"                                            \
+"  ON deliveries (contact_id, created_at DESC, id DESC);"                    \
+                                                                             \
+"CREATE TABLE delivery_attempts ("                                           \
+"  delivery_id text NOT NULL REFERENCES deliveries ON DELETE CASCADE,"       \
+"  attempt integer NOT NULL,"                                                \
+"  outcome text NOT NULL,"                                                   \
+"  error text,"                                                              \
+"  finished_at timestamptz NOT NULL DEFAULT now(),"                          \
+"  PRIMARY KEY (delivery_id, attempt));"
+
+
+/*
+ * version 1, continued: the fan-out and the Stripe ingest, each one
+ * transaction with the statement that calls it
+ */
+
+#define NGX_ECHELON_SCHEMA_1_FUNCTIONS                                       \
+"CREATE FUNCTION echelon_fanout(p_account text, p_event text,"               \
+"    p_contact text, p_invoice text, p_occurrence text) RETURNS integer "    \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE n integer; "                                                        \
+"BEGIN "                                                                     \
+"  INSERT INTO deliveries (account_id, employee_id, trigger_id, event,"      \
+"                          channel, contact_id, invoice_id, occurrence,"     \
+"                          due_at)"                                          \
+"  SELECT t.account_id, t.employee_id, t.id, t.event, t.channel, p_contact," \
+"         p_invoice, p_occurrence,"                                          \
+"         now() + make_interval(secs => t.delay_seconds)"                    \
+"    FROM triggers t JOIN employees e ON e.id = t.employee_id"               \
+"   WHERE t.account_id = p_account AND t.event = p_event"                    \
+"     AND t.deleted_at IS NULL AND e.deleted_at IS NULL"                     \
+"  ON CONFLICT (trigger_id, occurrence) DO NOTHING; "                        \
+"  GET DIAGNOSTICS n = ROW_COUNT; "                                          \
+"  RETURN n; "                                                               \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE FUNCTION echelon_stripe_invoice(p_account text, o jsonb,"            \
+"    p_version bigint, OUT contact_id text, OUT invoice_id text) "           \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE customer text; "                                                    \
+"BEGIN "                                                                     \
+"  customer := CASE jsonb_typeof(o->'customer')"                             \
+"                WHEN 'object' THEN o->'customer'->>'id'"                    \
+"                ELSE o->>'customer' END; "                                  \
+"  IF customer IS NULL THEN "                                                \
+"    customer := 'invoice:' || (o->>'id'); "                                 \
+"  END IF; "                                                                 \
+"  INSERT INTO contacts AS c (account_id, external_id, name, email,"         \
+"                             source_version)"                               \
+"  VALUES (p_account, customer, o->>'customer_name', o->>'customer_email',"  \
+"          p_version)"                                                       \
+"  ON CONFLICT (account_id, external_id) DO UPDATE"                          \
+"     SET name = coalesce(c.name, EXCLUDED.name),"                           \
+"         email = coalesce(c.email, EXCLUDED.email),"                        \
+"         updated_at = clock_timestamp()"                                    \
+"  RETURNING c.id INTO contact_id; "                                         \
+"  INSERT INTO invoices AS i (account_id, contact_id, external_id, number,"  \
+"      amount_due, amount_paid, currency, due_at, url, status,"              \
+"      source_version)"                                                      \
+"  VALUES (p_account, contact_id, o->>'id', o->>'number',"                   \
+"      coalesce((o->>'amount_due')::bigint, 0),"                             \
+"      coalesce((o->>'amount_paid')::bigint, 0),"                            \
+"      lower(coalesce(o->>'currency', 'usd')),"                              \
+"      to_timestamp((o->>'due_date')::bigint),"                              \
+"      o->>'hosted_invoice_url', 'open', p_version)"                         \
+"  ON CONFLICT (account_id, external_id) DO UPDATE"                          \
+"     SET number = coalesce(EXCLUDED.number, i.number),"                     \
+"         amount_due = CASE WHEN EXCLUDED.source_version >= i.source_version"\
+"                           THEN EXCLUDED.amount_due ELSE i.amount_due END," \
+"         currency = EXCLUDED.currency,"                                     \
+"         due_at = CASE WHEN EXCLUDED.source_version >= i.source_version"    \
+"                       THEN EXCLUDED.due_at ELSE i.due_at END,"             \
+"         url = coalesce(EXCLUDED.url, i.url),"                              \
+"         source_version = greatest(i.source_version,"                       \
+"                                   EXCLUDED.source_version),"               \
+"         updated_at = clock_timestamp()"                                    \
+"  RETURNING i.id INTO invoice_id; "                                         \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE FUNCTION echelon_stripe_event(p_account text, p_event jsonb) "       \
+"RETURNS text LANGUAGE plpgsql AS $fn$ "                                     \
+"DECLARE "                                                                   \
+"  v_type text := p_event->>'type'; "                                        \
+"  v_created bigint := coalesce((p_event->>'created')::bigint, 0); "         \
+"  o jsonb := p_event->'data'->'object'; "                                   \
+"  v_outcome text := 'ignored'; "                                            \
+"  r record; "                                                               \
+"BEGIN "                                                                     \
+"  IF v_type IN ('invoice.finalized', 'invoice.sent') THEN "                 \
+"    IF jsonb_typeof(o) <> 'object' OR o->>'id' IS NULL THEN "               \
+"      RAISE EXCEPTION 'event data.object is not an invoice'"                \
+"        USING ERRCODE = '22023'; "                                          \
+"    END IF; "                                                               \
+"    v_outcome := 'processed'; "                                             \
+"  END IF; "                                                                 \
+"  INSERT INTO events (account_id, source, event_id, type, created, outcome)"\
+"  VALUES (p_account, 'stripe', p_event->>'id', v_type, v_created,"          \
+"          v_outcome)"                                                       \
+"  ON CONFLICT DO NOTHING; "                                                 \
+"  IF NOT FOUND THEN "                                                       \
+"    RETURN 'duplicate'; "                                                   \
+"  END IF; "                                                                 \
+"  IF v_outcome = 'processed' THEN "                                         \
+"    r := echelon_stripe_invoice(p_account, o, v_created); "                 \
+"    PERFORM echelon_fanout(p_account, 'invoice.issued', r.contact_id,"      \
+"                           r.invoice_id, r.invoice_id); "                   \
+"  END IF; "                                                                 \
+"  RETURN v_outcome; "                                                       \
+"END $fn$;"                                                                  \
+                                                                             \
+"INSERT INTO echelon_schema (version) VALUES (1);"
+
+
+ngx_echelon_migration_t  ngx_echelon_migrations[] = {
+    { 1, NGX_ECHELON_SCHEMA_1 NGX_ECHELON_SCHEMA_1_FUNCTIONS },
+    { 0, NULL }
+};
+
+
+ngx_echelon_sql_t  ngx_echelon_sql[] = {
+
+    /* NGX_ECHELON_SQL_AUTH: $1 api key hash */
+    { "echelon_auth",
+      "SELECT id, name, plan FROM accounts WHERE api_key_hash = $1", 1 },
+
+    /* NGX_ECHELON_SQL_ACCOUNT_CREATE: $1 name, $2 plan, $3 key hash */
+    { "echelon_account_create",
+      "INSERT INTO accounts (name, plan, api_key_hash) VALUES ($1, $2, $3) "
+      "RETURNING id, name, plan, echelon_time(created_at) AS created_at", 3 },
+
+    /* NGX_ECHELON_SQL_ACCOUNT_GET: $1 account */
+    { "echelon_account_get",
+      "SELECT id, name, plan, echelon_time(created_at) AS created_at "
+      "FROM accounts WHERE id = $1", 1 },
+
+    /* NGX_ECHELON_SQL_STRIPE_PUT: $1 account, $2 JSON array of secrets */
+    { "echelon_stripe_put",
+      "INSERT INTO stripe_integrations AS s (account_id, signing_secrets) "
+      "VALUES ($1, ARRAY(SELECT jsonb_array_elements_text($2::jsonb))) "
+      "ON CONFLICT (account_id) DO UPDATE "
+      "SET signing_secrets = EXCLUDED.signing_secrets, updated_at = now() "
+      "RETURNING cardinality(s.signing_secrets) AS secrets, "
+      "echelon_time(s.updated_at) AS updated_at", 2 },
+
+    /* NGX_ECHELON_SQL_STRIPE_SECRETS: $1 account */
+    { "echelon_stripe_secrets",
+      "SELECT unnest(signing_secrets) AS secret "
+      "FROM stripe_integrations WHERE account_id = $1", 1 },
+
+    /* NGX_ECHELON_SQL_STRIPE_EVENT: $1 account, $2 event */
+    { "echelon_stripe_event",
+      "SELECT echelon_stripe_event($1, $2::jsonb) AS outcome", 2 },
+
+    /* NGX_ECHELON_SQL_CHANNEL_PUT: $1 account, $2 kind, $3 sender */
+    { "echelon_channel_put",
+      "INSERT INTO channels AS c (account_id, kind, sender) "
+      "VALUES ($1, $2, $3) ON CONFLICT (account_id, kind) DO UPDATE "
+      "SET sender = EXCLUDED.sender, updated_at = now() "
+      "RETURNING c.kind, c.sender, echelon_time(c.updated_at) AS updated_at",
+      3 },
+
+    /* NGX_ECHELON_SQL_CHANNEL_LIST: $1 account */
+    { "echelon_channel_list",
+      "SELECT kind, sender, echelon_time(updated_at) AS updated_at "
+      "FROM channels WHERE account_id = $1", 1 },
+
+    /*
+     * NGX_ECHELON_SQL_EMPLOYEE_CREATE: $1 account, $2 name, $3 role,
+     * $4 tone, $5 JSON array of channels; a channel other than email that
+     * the account has not connected comes back as missing_channel
+     */
+    { "echelon_employee_create",
+      "WITH missing AS ("
+      "  SELECT ch FROM jsonb_array_elements_text($5::jsonb) ch"
+      "   WHERE ch <> 'email' AND NOT EXISTS ("
+      "     SELECT 1 FROM channels WHERE account_id = $1 AND kind = ch)"
+      "   LIMIT 1), "
+      "ins AS ("
+      "  INSERT INTO employees (account_id, name, role, tone, channels)"
+      "  SELECT $1, $2, $3, $4,"
+      "         ARRAY(SELECT jsonb_array_elements_text($5::jsonb))"
+      "   WHERE NOT EXISTS (SELECT 1 FROM missing)"
+      "  RETURNING *) "
+      "SELECT (SELECT ch FROM missing) AS missing_channel, ins.id, ins.name,"
+      "       ins.role, ins.tone, array_to_json(ins.channels) AS channels,"
+      "       ins.enabled, echelon_time(ins.created_at) AS created_at "
+      "  FROM (SELECT 1) one LEFT JOIN ins ON true", 5 },
+
+    /* NGX_ECHELON_SQL_EMPLOYEE_GET: $1 account, $2 employee */
+    { "echelon_employee_get",
+      "SELECT id, name, role, tone, array_to_json(channels) AS channels,"
+      "       enabled, echelon_time(created_at) AS created_at "
+      "  FROM employees "
+      " WHERE account_id = $1 AND id = $2 AND deleted_at IS NULL", 2 },
+
+    /* NGX_ECHELON_SQL_EMPLOYEE_LIST: $1 account, $2 cursor, $3 limit */
+    { "echelon_employee_list",
+      "SELECT id, name, role, tone, array_to_json(channels) AS channels,"
+      "       enabled, echelon_time(created_at) AS created_at "
+      "  FROM employees "
+      " WHERE account_id = $1 AND deleted_at IS NULL"
+      "   AND ($2::text IS NULL OR (created_at, id) < ("
+      "        SELECT created_at, id FROM employees"
+      "         WHERE account_id = $1 AND id = $2))"
+      " ORDER BY created_at DESC, id DESC LIMIT $3", 3 },
+
+    /*
+     * NGX_ECHELON_SQL_TRIGGER_CREATE: $1 account, $2 employee, $3 event,
+     * $4 channel, $5 subject, $6 body, $7 delay seconds, $8 unless paid,
+     * $9 every days, $10 max times
+     */
+    { "echelon_trigger_create",
+      "WITH e AS ("
+      "  SELECT id, channels FROM employees"
+      "   WHERE account_id = $1 AND id = $2 AND deleted_at IS NULL), "
+      "ins AS ("
+      "  INSERT INTO triggers (account_id, employee_id, event, channel,"
+      "                        subject, body, delay_seconds, unless_paid,"
+      "                        every_days, max_times)"
+      "  SELECT $1, e.id, $3, $4, $5, $6, $7, $8, $9, $10 FROM e"
+      "   WHERE $4 = ANY (e.channels)"
+      "  RETURNING *) "
+      "SELECT (SELECT count(*) FROM e) AS employees, ins.id, ins.employee_id,"
+      "       ins.event, ins.channel, ins.subject, ins.body,"
+      "       ins.delay_seconds, ins.unless_paid, ins.every_days,"
+      "       ins.max_times, echelon_time(ins.created_at) AS created_at "
+      "  FROM (SELECT 1) one LEFT JOIN ins ON true", 10 },
+
+    /* NGX_ECHELON_SQL_TRIGGER_LIST: $1 account, $2 employee */
+    { "echelon_trigger_list",
+      "SELECT id, employee_id, event, channel, subject, body, delay_seconds,"
+      "       unless_paid, every_days, max_times,"
+      "       echelon_time(created_at) AS created_at "
+      "  FROM triggers "
+      " WHERE account_id = $1 AND employee_id = $2 AND deleted_at IS NULL"
+      " ORDER BY created_at DESC, id DESC", 2 },
+
+    /*
+     * NGX_ECHELON_SQL_CONTACT_CREATE: $1 account, $2 name, $3 email,
+     * $4 phone, $5 whatsapp, $6 timezone, $7 locale, $8 external id
+     */
+    { "echelon_contact_create",
+      "INSERT INTO contacts (account_id, name, email, phone, whatsapp,"
+      "                      timezone, locale, external_id) "
+      "SELECT $1, $2, $3, $4, $5, coalesce($6, 'UTC'), $7, $8"
+      " WHERE $6::text IS NULL"
+      "    OR EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $6) "
+      "RETURNING id, name, email, phone, whatsapp, timezone, locale,"
+      "          external_id, echelon_time(created_at) AS created_at", 8 },
+
+    /* NGX_ECHELON_SQL_CONTACT_GET: $1 account, $2 contact */
+    { "echelon_contact_get",
+      "SELECT id, name, email, phone, whatsapp, timezone, locale,"
+      "       external_id, echelon_time(created_at) AS created_at "
+      "  FROM contacts WHERE account_id = $1 AND id = $2", 2 },
+
+    /*
+     * NGX_ECHELON_SQL_ACTIVITY: $1 account, $2 employee, $3 status,
+     * $4 channel, $5 contact, $6 since, $7 cursor, $8 limit
+     */
+    { "echelon_activity",
+      "SELECT d.id, d.trigger_id, d.event, d.channel, d.contact_id,"
+      "       c.name AS contact_name,"
+      "       coalesce(d.address, CASE d.channel WHEN 'email' THEN c.email"
+      "                WHEN 'sms' THEN c.phone ELSE c.whatsapp END)"
+      "         AS address,"
+      "       d.invoice_id, d.status, d.reason, d.attempts,"
+      "       echelon_time(d.due_at) AS due_at,"
+      "       echelon_time(d.sent_at) AS sent_at,"
+      "       echelon_time(d.delivered_at) AS delivered_at,"
+      "       echelon_time(d.created_at) AS created_at, d.subject "
+      "  FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
+      " WHERE d.account_id = $1 AND d.employee_id = $2"
+      "   AND ($3::text IS NULL OR d.status = $3)"
+      "   AND ($4::text IS NULL OR d.channel = $4)"
+      "   AND ($5::text IS NULL OR d.contact_id = $5)"
+      "   AND ($6::timestamptz IS NULL OR d.created_at >= $6)"
+      "   AND ($7::text IS NULL OR (d.created_at, d.id) < ("
+      "        SELECT created_at, id FROM deliveries"
+      "         WHERE account_id = $1 AND id = $7))"
+      " ORDER BY d.created_at DESC, d.id DESC LIMIT $8", 8 },
+
+    /* NGX_ECHELON_SQL_DELIVERY_GET: $1 account, $2 delivery */
+    { "echelon_delivery_get",
+      "SELECT d.id, d.trigger_id, d.event, d.channel, d.contact_id,"
+      "       c.name AS contact_name, d.address, d.invoice_id, d.status,"
+      "       d.reason, d.attempts, echelon_time(d.due_at) AS due_at,"
+      "       echelon_time(d.sent_at) AS sent_at,"
+      "       echelon_time(d.delivered_at) AS delivered_at,"
+      "       echelon_time(d.created_at) AS created_at, d.subject, d.body,"
+      "       (SELECT json_agg(json_build_object('attempt', a.attempt,"
+      "                'outcome', a.outcome, 'error', a.error,"
+      "                'finished_at', echelon_time(a.finished_at))"
+      "                ORDER BY a.attempt)"
+      "          FROM delivery_attempts a WHERE a.delivery_id = d.id)"
+      "         AS attempt_history "
+      "  FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
+      " WHERE d.account_id = $1 AND d.id = $2", 2 },
+
+    /* NGX_ECHELON_SQL_RESCUE: claims whose lease ran out go back */
+    { "echelon_rescue",
+      "UPDATE deliveries SET status = 'scheduled', lease_until = NULL,"
+      "       claim_token = NULL, updated_at = now() "
+      " WHERE id IN (SELECT id FROM deliveries"
+      "               WHERE status = 'sending' AND lease_until < now()"
+      "               LIMIT 1000 FOR UPDATE SKIP LOCKED)", 0 },
+
+    /*
+     * NGX_ECHELON_SQL_CLAIM: $1 batch, $2 lease seconds; returns each
+     * claimed delivery with what its message needs, as of now
+     */
+    { "echelon_claim",
+      "WITH due AS ("
+      "  SELECT d.id FROM deliveries d"
+      "    JOIN employees e ON e.id = d.employee_id"
+      "   WHERE d.status = 'scheduled' AND d.due_at <= now() AND e.enabled"
+      "   ORDER BY d.due_at LIMIT $1"
+      "   FOR UPDATE OF d SKIP LOCKED), "
+      "claimed AS ("
+      "  UPDATE deliveries d SET status = 'sending',"
+      "         claim_token = nextval('echelon_claim_seq'),"
+      "         lease_until = now() + make_interval(secs => $2),"
+      "         updated_at = now()"
+      "    FROM due WHERE d.id = due.id"
+      "  RETURNING d.*) "
+      "SELECT d.id, d.claim_token, d.attempts, d.channel, d.event,"
+      "       c.name AS contact_name, c.email, c.phone, c.whatsapp,"
+      "       i.id AS invoice_id, i.number, i.amount_due, i.currency,"
+      "       to_char(i.due_at AT TIME ZONE c.timezone, 'FMMonth FMDD, YYYY')"
+      "         AS due_date,"
+      "       i.url, i.status AS invoice_status,"
+      "       t.subject AS template_subject, t.body AS template_body,"
+      "       t.unless_paid, t.deleted_at IS NOT NULL AS trigger_deleted,"
+      "       e.name AS employee_name, e.tone,"
+      "       e.deleted_at IS NOT NULL AS employee_deleted,"
+      "       d.channel = ANY (e.channels) AS channel_enabled,"
+      "       a.name AS account_name, a.plan, ch.sender "
+      "  FROM claimed d"
+      "  JOIN contacts c ON c.id = d.contact_id"
+      "  JOIN triggers t ON t.id = d.trigger_id"
+      "  JOIN employees e ON e.id = d.employee_id"
+      "  JOIN accounts a ON a.id = d.account_id"
+      "  LEFT JOIN invoices i ON i.id = d.invoice_id"
+      "  LEFT JOIN channels ch"
+      "         ON ch.account_id = d.account_id AND ch.kind = d.channel", 2 },
+
+    /*
+     * NGX_ECHELON_SQL_FINISH: $1 delivery, $2 claim token, $3 status,
+     * $4 reason, $5 address, $6 subject, $7 body, $8 retry in seconds
+     * (NULL when final), $9 attempt outcome (NULL when nothing was sent);
+     * a stale claim (another token) changes nothing
+     */
+    { "echelon_finish",
+      "WITH d AS ("
+      "  UPDATE deliveries SET"
+      "         status = CASE WHEN $8::integer IS NULL THEN $3"
+      "                       ELSE 'scheduled' END,"
+      "         due_at = CASE WHEN $8::integer IS NULL THEN due_at"
+      "                  ELSE now() + make_interval(secs => $8::integer) END,"
+      "         reason = $4,"
+      "         address = coalesce($5, address),"
+      "         subject = coalesce($6, subject),"
+      "         body = coalesce($7, body),"
+      "         attempts = attempts + CASE WHEN $9::text IS NULL THEN 0"
+      "                                    ELSE 1 END,"
+      "         sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,"
+      "         lease_until = NULL, claim_token = NULL, updated_at = now()"
+      "   WHERE id = $1 AND claim_token = $2::bigint"
+      "  RETURNING id, attempts) "
+      "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error) "
+      "SELECT id, attempts, $9, $4 FROM d WHERE $9::text IS NOT NULL", 9 },
+
+    { NULL, NULL, 0 }
+};

@@ -1,0 +1,315 @@
+package Echelon;
+
+# What the suites share: a database of their own for each test file, an
+# account set up through the real API before the blocks run, and Stripe's
+# way of signing webhooks.
+#
+# The suites run under the bundled runner (t/lib) or upstream Test::Nginx;
+# this module uses neither, only core Perl and Debian's perl modules.
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use Digest::SHA qw(hmac_sha256_hex);
+use File::Basename qw(basename dirname);
+use File::Path qw(make_path remove_tree);
+use HTTP::Tiny;
+use JSON::PP;
+use POSIX ();
+use Time::HiRes qw(sleep time);
+
+our $JSON = JSON::PP->new->canonical->utf8;
+our $ADMIN_TOKEN = 'test-admin-token';
+our $STRIPE_SECRET = 'whsec_test_' . sprintf('%08x', int(rand(0xffffffff)));
+
+my $ROOT = abs_path(dirname(__FILE__) . '/../..');
+
+sub env_or_die {
+    my ($name) = @_;
+    my $v = $ENV{$name};
+    die "$name is not set: run the suites with `make test`\n"
+        unless defined $v && length $v;
+    return $v;
+}
+
+sub psql {
+    my ($db, $sql) = @_;
+    my $host = env_or_die('TEST_NGINX_PG_HOST');
+    my $port = env_or_die('TEST_NGINX_PG_PORT');
+    my $user = env_or_die('TEST_NGINX_PG_USER');
+    open(my $fh, '-|', 'psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
+         '-h', $host, '-p', $port, '-U', $user, '-d', $db, '-c', $sql)
+        or die "psql: $!";
+    local $/;
+    my $out = <$fh>;
+    close($fh) or die "psql failed on: $sql\n";
+    $out =~ s/\s+\z//;
+    return $out;
+}
+
+# A fresh, empty database named after the test file; the module creates
+# the schema itself on its first connection.
+sub fresh_database {
+    my $name = 'echelon_' . basename($0, '.t');
+    $name =~ s/[^a-z0-9_]/_/gi;
+    psql('postgres', "DROP DATABASE IF EXISTS $name WITH (FORCE)");
+    psql('postgres', "CREATE DATABASE $name");
+    $ENV{TEST_NGINX_DB_NAME} = $name;
+    $ENV{TEST_NGINX_DB} = sprintf('host=%s port=%s dbname=%s user=%s',
+        $ENV{TEST_NGINX_PG_HOST}, $ENV{TEST_NGINX_PG_PORT}, $name,
+        $ENV{TEST_NGINX_PG_USER});
+    return $name;
+}
+
+sub sql {
+    my ($sql) = @_;
+    return psql(env_or_die('TEST_NGINX_DB_NAME'), $sql);
+}
+
+# The module and its directives, as every suite's http_config writes them.
+sub http_config {
+    my (%o) = @_;
+    my $smtp = $ENV{TEST_NGINX_SMTP_PORT} || 2525;
+    my $extra = $o{extra} || '';
+    return <<"CONF";
+    echelon_database "$ENV{TEST_NGINX_DB}";
+    echelon_admin_token "$ADMIN_TOKEN";
+    echelon_database_pool 4;
+    echelon_database_retry 500ms;
+    echelon_scheduler_interval 200ms;
+    echelon_retry_backoff 1s;
+    echelon_smtp_url smtp://127.0.0.1:$smtp;
+    echelon_smtp_from "Echelon Tests <billing\@echelon.test>";
+    echelon_smtp_timeout 5s;
+    echelon_scheduler_lease 30s;
+    $extra
+CONF
+}
+
+sub main_config {
+    return "";
+}
+
+# An nginx of our own, started before the blocks to set an account up
+# through the API, then stopped.
+sub with_server {
+    my ($code, %o) = @_;
+    my $binary = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
+    my $module = env_or_die('TEST_NGINX_MODULE');
+    my $port = ($ENV{TEST_NGINX_SERVER_PORT} || 1984) + 100;
+    my $dir = "$ROOT/t/servroot-setup";
+
+    remove_tree($dir);
+    make_path("$dir/conf", "$dir/logs", "$dir/tmp");
+
+    my $http = http_config(extra => 'echelon_scheduler off;');
+    open(my $fh, '>', "$dir/conf/nginx.conf") or die $!;
+    print $fh <<"CONF";
+load_module $module;
+daemon on;
+master_process off;
+worker_processes 1;
+error_log $dir/logs/error.log info;
+pid $dir/logs/nginx.pid;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp;
+    proxy_temp_path $dir/tmp;
+    fastcgi_temp_path $dir/tmp;
+    uwsgi_temp_path $dir/tmp;
+    scgi_temp_path $dir/tmp;
+$http
+    server {
+        listen 127.0.0.1:$port;
+        location /v1/ { echelon_api; }
+    }
+}
+CONF
+    close($fh);
+
+    system($binary, '-p', "$dir/", '-c', "$dir/conf/nginx.conf") == 0
+        or die "could not start the set-up nginx; see $dir/logs/error.log\n";
+
+    my $base = "http://127.0.0.1:$port";
+    my $ok = eval {
+        wait_until(sub { my $r = HTTP::Tiny->new(timeout => 1)
+                                 ->get("$base/v1/account");
+                         $r->{status} == 401 }, 10);
+        $code->($base);
+        1;
+    };
+    my $err = $@;
+
+    if (open(my $pf, '<', "$dir/logs/nginx.pid")) {
+        my $pid = <$pf>;
+        chomp $pid;
+        kill 'QUIT', $pid;
+        wait_until(sub { !kill(0, $pid) }, 10);
+    }
+
+    die $err unless $ok;
+}
+
+sub wait_until {
+    my ($cond, $seconds) = @_;
+    my $end = time + $seconds;
+    while (time < $end) {
+        return 1 if $cond->();
+        sleep 0.1;
+    }
+    die "timed out after ${seconds}s\n";
+}
+
+sub api {
+    my ($base, $method, $path, $key, $body) = @_;
+    my %h = (Authorization => "Bearer $key");
+    my %args = (headers => \%h);
+    if (defined $body) {
+        $h{'Content-Type'} = 'application/json';
+        $args{content} = $JSON->encode($body);
+    }
+    my $r = HTTP::Tiny->new(timeout => 10)->request($method, "$base$path",
+                                                    \%args);
+    die "$method $path: $r->{status} $r->{content}\n"
+        unless $r->{status} =~ /^2/;
+    return $JSON->decode($r->{content});
+}
+
+# An account on the given plan with email connected, a Stripe secret, a
+# billing employee and the given triggers.  Exported to the blocks as
+# $TEST_NGINX_ACCOUNT, $TEST_NGINX_API_KEY, $TEST_NGINX_EMPLOYEE and
+# $TEST_NGINX_TRIGGER_<n>.
+sub setup_account {
+    my (%o) = @_;
+    my $triggers = $o{triggers} || [];
+
+    fresh_database();
+
+    with_server(sub {
+        my ($base) = @_;
+        my $acct = api($base, 'POST', '/v1/accounts', $ADMIN_TOKEN,
+                       { name => $o{name} || 'Acme Studio',
+                         plan => $o{plan} || 'starter' });
+        my $key = $acct->{api_key};
+
+        api($base, 'PUT', '/v1/channels/email', $key,
+            { from => 'Acme Billing <billing@acme.test>' });
+        api($base, 'PUT', '/v1/integrations/stripe', $key,
+            { signing_secret => $STRIPE_SECRET });
+        my $emp = api($base, 'POST', '/v1/employees', $key,
+                      { name => 'Billing — Accounts Receivable',
+                        role => 'billing', channels => ['email'],
+                        tone => 'friendly' });
+
+        my $n = 0;
+        for my $t (@$triggers) {
+            my $trg = api($base, 'POST', "/v1/employees/$emp->{id}/triggers",
+                          $key, $t);
+            $ENV{'TEST_NGINX_TRIGGER_' . $n++} = $trg->{id};
+        }
+
+        $ENV{TEST_NGINX_ACCOUNT} = $acct->{id};
+        $ENV{TEST_NGINX_API_KEY} = $key;
+        $ENV{TEST_NGINX_EMPLOYEE} = $emp->{id};
+    });
+}
+
+# A Stripe event envelope around an object, as JSON text.
+sub stripe_event {
+    my ($type, $object, %o) = @_;
+    my $event = {
+        id => $o{id} || 'evt_' . random_id(),
+        object => 'event',
+        api_version => '2024-06-20',
+        created => $o{created} || time_int(),
+        type => $type,
+        livemode => JSON::PP::false,
+        pending_webhooks => 1,
+        request => { id => undef, idempotency_key => undef },
+        data => { object => $object },
+    };
+    return $JSON->encode($event);
+}
+
+# A Stripe-shaped invoice: the fields Echelon reads, and some it ignores.
+sub stripe_invoice {
+    my (%o) = @_;
+    my $id = $o{id} || 'in_' . random_id();
+    my %invoice = (
+        id => $id,
+        object => 'invoice',
+        customer => $o{customer} || 'cus_' . random_id(),
+        customer_email => exists $o{email} ? $o{email} : 'jenny@example.com',
+        customer_name => exists $o{name} ? $o{name} : 'Jenny Rosen',
+        number => $o{number} || 'ACME-0001',
+        amount_due => exists $o{amount} ? $o{amount} : 125000,
+        amount_paid => 0,
+        currency => $o{currency} || 'usd',
+        due_date => exists $o{due_date} ? $o{due_date}
+                                        : time_int() + 14 * 86400,
+        hosted_invoice_url => "https://invoice.stripe.com/i/acct_test/$id",
+        status => 'open',
+        collection_method => 'send_invoice',
+        lines => { object => 'list', data => [], has_more => JSON::PP::false },
+    );
+    return \%invoice;
+}
+
+# The Stripe-Signature header for a body: "t=<time>,v1=<hmac>".
+sub stripe_signature {
+    my ($body, %o) = @_;
+    my $t = time_int() + ($o{offset} || 0);
+    my $secret = $o{secret} || $STRIPE_SECRET;
+    my $sig = hmac_sha256_hex("$t.$body", $secret);
+    my @v1 = ($sig);
+    unshift @v1, $o{extra} if $o{extra};
+    return "t=$t," . join(',', map { "v1=$_" } @v1);
+}
+
+# A webhook request for Test::Nginx's `--- request eval`.
+sub stripe_request {
+    my ($body) = @_;
+    return "POST /webhooks/stripe/$ENV{TEST_NGINX_ACCOUNT}\n$body";
+}
+
+sub stripe_headers {
+    my ($body, %o) = @_;
+    return "Content-Type: application/json; charset=utf-8\n"
+         . "Stripe-Signature: " . stripe_signature($body, %o) . "\n";
+}
+
+# The newest message in the Maildir for a recipient, linked where the
+# blocks' nginx serves it (location /t/mail).
+sub link_mail {
+    my ($rcpt) = @_;
+    my $dir = env_or_die('TEST_NGINX_MAIL_DIR');
+    my ($newest, $mtime);
+    for my $f (glob("$dir/new/* $dir/cur/*")) {
+        open(my $fh, '<', $f) or next;
+        local $/;
+        my $text = <$fh>;
+        next unless $text =~ /^To:.*\Q$rcpt\E/mi;
+        my $m = (stat($f))[9];
+        ($newest, $mtime) = ($f, $m) if !defined $mtime || $m >= $mtime;
+    }
+    unlink("$dir/latest");
+    symlink($newest, "$dir/latest") if $newest;
+}
+
+# A pattern that matches a text holding exactly $n matches of $re.
+sub exactly {
+    my ($n, $re) = @_;
+    return qr/\A(?:(?!$re).)*(?:$re(?:(?!$re).)*){$n}\z/s;
+}
+
+sub random_id {
+    return join '', map { ('a'..'z', 'A'..'Z', 0..9)[rand 62] } 1..14;
+}
+
+sub time_int {
+    return int(time);
+}
+
+1;

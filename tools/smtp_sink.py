@@ -1,0 +1,147 @@
+#!/usr/bin/python3
+"""SMTP sink for Echelon's development server and test suites.
+
+Accepts mail on a loopback address and stores every message it accepts as
+one file in a Maildir (new/), with the SMTP envelope added as headers:
+
+    X-Echelon-Envelope-From: <sender>
+    X-Echelon-Envelope-To: <recipient>      (one line per accepted recipient)
+
+With --test-rules, recipients are refused by the start of their local part:
+
+    reject...@   550 5.1.1 <addr>: Recipient address rejected: test rule
+    tempfail...@ 451 4.3.0 <addr>: Try again later: test rule
+
+Runs with Debian's /usr/bin/python3 (package python3-aiosmtpd). Writes its
+pid file, if asked, once it is listening; exits 0 on SIGTERM or SIGINT.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from aiosmtpd.smtp import SMTP
+
+LOG = logging.getLogger("smtp_sink")
+SERVER_NAME = "echelon-smtp-sink.localhost"
+
+
+class MaildirHandler:
+    """aiosmtpd handler: applies the test rules, stores into a Maildir."""
+
+    def __init__(self, maildir, test_rules):
+        self.maildir = maildir
+        self.test_rules = test_rules
+        self.count = 0
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+
+    async def handle_RCPT(self, server, session, envelope, address,
+                          rcpt_options):
+        local = address.rsplit("@", 1)[0].lower()
+        if self.test_rules and local.startswith("reject"):
+            LOG.info("RCPT %s refused (550, test rule)", address)
+            return ("550 5.1.1 <%s>: Recipient address rejected: test rule"
+                    % address)
+        if self.test_rules and local.startswith("tempfail"):
+            LOG.info("RCPT %s deferred (451, test rule)", address)
+            return "451 4.3.0 <%s>: Try again later: test rule" % address
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        name = self.store(envelope)
+        LOG.info("stored %s from <%s> to %s", name, envelope.mail_from,
+                 ", ".join("<%s>" % r for r in envelope.rcpt_tos))
+        return "250 2.0.0 Ok: queued as %s" % name
+
+    def store(self, envelope):
+        """Write one message the Maildir way: tmp/ first, then new/."""
+        self.count += 1
+        name = "%d.M%dP%dQ%d.%s" % (time.time(), time.time_ns() % 1000000,
+                                    os.getpid(), self.count, SERVER_NAME)
+        head = ["X-Echelon-Envelope-From: <%s>" % envelope.mail_from]
+        head += ["X-Echelon-Envelope-To: <%s>" % r for r in envelope.rcpt_tos]
+        body = envelope.original_content or b""
+        data = ("\n".join(head) + "\n").encode("utf-8")
+        data += body.replace(b"\r\n", b"\n")
+        tmp = os.path.join(self.maildir, "tmp", name)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(self.maildir, "new", name))
+        return name
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="SMTP sink storing into a Maildir")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=2525,
+                   help="port to listen on (default 2525)")
+    p.add_argument("--maildir", required=True,
+                   help="Maildir to store messages in (created if missing)")
+    p.add_argument("--pidfile", help="write the pid here once listening")
+    p.add_argument("--test-rules", action="store_true",
+                   help="refuse reject*@ (550) and tempfail*@ (451)")
+    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    return p.parse_args(argv)
+
+
+async def serve(args):
+    loop = asyncio.get_running_loop()
+    handler = MaildirHandler(args.maildir, args.test_rules)
+
+    def factory():
+        return SMTP(handler, hostname=SERVER_NAME, enable_SMTPUTF8=True,
+                    ident="Echelon SMTP sink")
+
+    server = await loop.create_server(factory, host=args.host, port=args.port,
+                                      family=socket.AF_INET,
+                                      reuse_address=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write("%d\n" % os.getpid())
+    LOG.info("listening on %s:%d, Maildir %s%s", args.host, args.port,
+             args.maildir, " (test rules on)" if args.test_rules else "")
+
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+        if args.pidfile:
+            try:
+                os.unlink(args.pidfile)
+            except FileNotFoundError:
+                pass
+        LOG.info("stopped")
+
+
+def main(argv):
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="smtp-sink: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    try:
+        asyncio.run(serve(args))
+    except OSError as e:
+        LOG.error("cannot listen on %s:%d: %s", args.host, args.port, e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
