@@ -26,7 +26,7 @@ all: build
 
 build: $(MODULE)
 
-$(NGX_BUILD)/Makefile: config
+$(NGX_BUILD)/objs/Makefile: config
 	rm -rf $(NGX_BUILD)
 	mkdir -p $(BUILD)
 	cp -r $(NGINX_SRC) $(NGX_BUILD)
@@ -35,7 +35,7 @@ $(NGX_BUILD)/Makefile: config
 	        --with-cc-opt="$(CC_OPT)" --with-ld-opt="$(LD_OPT)" \
 	        --add-dynamic-module=$(CURDIR)' > $(BUILD)/configure.log
 
-$(MODULE): $(NGX_BUILD)/Makefile $(SOURCES)
+$(MODULE): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
 	cp $(NGX_BUILD)/objs/ngx_http_echelon_module.so $@
 

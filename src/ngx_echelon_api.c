@@ -374,6 +374,10 @@ ngx_echelon_api_authorized(ngx_echelon_ctx_t *ctx, PGresult *res)
                                   NULL, "the API key is not valid");
     }
 
+    ctx->account_id = ngx_echelon_pg_value(res, 0, "id");
+    ctx->account_name = ngx_echelon_pg_value(res, 0, "name");
+    ctx->account_plan = ngx_echelon_pg_value(res, 0, "plan");
+
     /* copies: the result is freed when this step returns */
 
     if (ngx_echelon_copy(ctx, &ctx->account_id) != NGX_OK

@@ -273,17 +273,20 @@ static void
 ngx_echelon_pg_dispatch(ngx_echelon_pg_pool_t *pool)
 {
     ngx_uint_t              want;
-    ngx_queue_t            *qe, *ce;
+    ngx_queue_t            *qe, *ce, *next;
     ngx_echelon_pg_conn_t  *conn;
     ngx_echelon_pg_query_t *q;
 
     if (pool->schema_ready) {
 
+        /* a connection that breaks on sending leaves the list: step first */
+
         for (ce = ngx_queue_head(&pool->conns);
              ce != ngx_queue_sentinel(&pool->conns)
              && !ngx_queue_empty(&pool->waiting);
-             ce = ngx_queue_next(ce))
+             ce = next)
         {
+            next = ngx_queue_next(ce);
             conn = ngx_queue_data(ce, ngx_echelon_pg_conn_t, queue);
 
             if (conn->state != NGX_ECHELON_CONN_IDLE) {
@@ -405,6 +408,7 @@ ngx_echelon_pg_connect_poll(ngx_echelon_pg_conn_t *conn)
     ngx_msec_t                 left;
     ngx_event_t               *rev;
     ngx_connection_t          *c;
+    ngx_echelon_pg_pool_t     *pool;
     PostgresPollingStatusType  st;
 
     st = PQconnectPoll(conn->pg);
@@ -472,10 +476,11 @@ ngx_echelon_pg_connect_poll(ngx_echelon_pg_conn_t *conn)
         break;
 
     default:
-        ngx_echelon_pg_set_error(conn->pool, "database connection failed: ",
+        pool = conn->pool;
+        ngx_echelon_pg_set_error(pool, "database connection failed: ",
                                  PQerrorMessage(conn->pg));
         ngx_echelon_pg_broken(conn, NULL);
-        ngx_echelon_pg_down(conn->pool, "connect");
+        ngx_echelon_pg_down(pool, "connect");
         return;
     }
 
@@ -667,6 +672,7 @@ static void
 ngx_echelon_pg_read_handler(ngx_event_t *rev)
 {
     ngx_connection_t       *c;
+    ngx_echelon_pg_pool_t  *pool;
     ngx_echelon_pg_conn_t  *conn;
 
     c = rev->data;
@@ -676,10 +682,11 @@ ngx_echelon_pg_read_handler(ngx_event_t *rev)
         rev->timedout = 0;
 
         if (conn->state == NGX_ECHELON_CONN_CONNECTING) {
-            ngx_echelon_pg_set_error(conn->pool, "database connection failed: ",
+            pool = conn->pool;
+            ngx_echelon_pg_set_error(pool, "database connection failed: ",
                                      "timed out");
             ngx_echelon_pg_broken(conn, NULL);
-            ngx_echelon_pg_down(conn->pool, "connect timeout");
+            ngx_echelon_pg_down(pool, "connect timeout");
             return;
         }
 

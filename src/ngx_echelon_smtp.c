@@ -52,6 +52,7 @@ struct ngx_echelon_smtp_s {
     CURL                          *template;
     ngx_log_t                     *log;
 
+    ngx_connection_t               dummy;       /* the timers' data */
     ngx_event_t                    timer;       /* curl's timeout */
     ngx_event_t                    refuse;      /* reports refused mail */
 
@@ -212,13 +213,18 @@ ngx_echelon_smtp_create(ngx_cycle_t *cycle, ngx_echelon_main_conf_t *emcf)
     ngx_queue_init(&smtp->transfers);
     ngx_queue_init(&smtp->refused);
 
+    /* nginx's debug log takes a timer's data for a connection */
+
+    smtp->dummy.fd = (ngx_socket_t) -1;
+    smtp->dummy.data = smtp;
+
     smtp->timer.handler = ngx_echelon_smtp_timer_handler;
-    smtp->timer.data = smtp;
+    smtp->timer.data = &smtp->dummy;
     smtp->timer.log = smtp->log;
     smtp->timer.cancelable = 1;
 
     smtp->refuse.handler = ngx_echelon_smtp_refuse_handler;
-    smtp->refuse.data = smtp;
+    smtp->refuse.data = &smtp->dummy;
     smtp->refuse.log = smtp->log;
     smtp->refuse.cancelable = 1;
 
@@ -571,10 +577,12 @@ static void
 ngx_echelon_smtp_refuse_handler(ngx_event_t *ev)
 {
     ngx_queue_t                  *q;
+    ngx_connection_t             *c;
     ngx_echelon_smtp_t           *smtp;
     ngx_echelon_smtp_transfer_t  *t;
 
-    smtp = ev->data;
+    c = ev->data;
+    smtp = c->data;
 
     while (!ngx_queue_empty(&smtp->refused)) {
         q = ngx_queue_head(&smtp->refused);
@@ -626,9 +634,11 @@ ngx_echelon_smtp_timer_handler(ngx_event_t *ev)
 {
     int                  running;
     CURLMcode            rc;
+    ngx_connection_t    *c;
     ngx_echelon_smtp_t  *smtp;
 
-    smtp = ev->data;
+    c = ev->data;
+    smtp = c->data;
 
     ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ev->log, 0,
                    "echelon smtp: timer");

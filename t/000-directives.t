@@ -67,11 +67,13 @@ HTTP
 ok($ok, 'every directive with a good value passes nginx -t') or diag($out);
 
 my @bad = (
-    [ 'echelon_database_pool 0;', qr/value must be equal or more than 1/ ],
-    [ 'echelon_database_pool many;', qr/invalid value "many"/ ],
-    [ 'echelon_scheduler_interval soon;', qr/invalid value "soon"/ ],
+    [ 'echelon_database_pool 0;', qr/value must be between 1 and 512/ ],
+    [ 'echelon_database_pool many;',
+      qr/"echelon_database_pool" directive invalid number/ ],
+    [ 'echelon_scheduler_interval soon;',
+      qr/"echelon_scheduler_interval" directive invalid value/ ],
     [ 'echelon_scheduler maybe;', qr/invalid value "maybe"/ ],
-    [ 'echelon_scheduler_batch 0;', qr/value must be equal or more than 1/ ],
+    [ 'echelon_scheduler_batch 0;', qr/value must be between 1 and 10000/ ],
     [ 'echelon_smtp_url http://127.0.0.1;',
       qr/invalid SMTP URL "http:\/\/127.0.0.1"/ ],
     [ 'echelon_admin_token "";', qr/must not be empty/ ],
@@ -79,7 +81,7 @@ my @bad = (
       qr/environment variable "ECHELON_SURELY_UNSET_VARIABLE" is not set/ ],
     [ "echelon_smtp_timeout 40s;\n    echelon_scheduler_lease 60s;",
       qr/"echelon_scheduler_lease" must be at least twice/ ],
-    [ 'echelon_max_attempts 1000;', qr/value must be equal or less than 100/ ],
+    [ 'echelon_max_attempts 1000;', qr/value must be between 1 and 100/ ],
 );
 
 for my $case (@bad) {

@@ -21,7 +21,7 @@ Echelon::setup_account(name => 'Acme Studio', triggers => [
 ]);
 
 # 2031-03-15 12:00 UTC
-our $due = 1931515200;
+our $due = 1931342400;
 
 our $jenny = Echelon::stripe_event('invoice.finalized',
     Echelon::stripe_invoice(id => 'in_jenny', number => 'ACME-0001',
@@ -96,18 +96,18 @@ Echelon::link_mail('jenny@example.com');
 GET /t/mail
 --- error_code: 200
 --- response_body_like eval
-qr/(?=.*^From: Acme Billing <billing\@acme\.test>\r?$)(?=.*^To: jenny\@example\.com\r?$)(?=.*^Subject: Invoice ACME-0001 from Acme Studio\r?$)(?=.*^Message-ID: <dlv_\w+\@)/ms
+qr/(?=.*^From: "Acme Billing" <billing\@acme\.test>\r?$)(?=.*^To: jenny\@example\.com\r?$)(?=.*^Subject: Invoice ACME-0001 from Acme Studio\r?$)(?=.*^Message-ID: <dlv_\w+\@)/ms
 --- response_body_unlike: \{\{
 
 
 
-=== TEST 4: the email in the Maildir has the rendered body
+=== TEST 4: the email in the Maildir has the rendered body, quoted-printable
 --- init
 Echelon::link_mail('jenny@example.com');
 --- request
 GET /t/mail
 --- response_body_like eval
-qr/\r?\n\r?\nHi Jenny Rosen,\r?\n\r?\nYour invoice ACME-0001 for \$1,250\.00 is due on March 15, 2031\.\r?\nPay it here: https:\/\/invoice\.stripe\.com\/i\/acct_test\/in_jenny\r?\n\r?\nBilling \xe2\x80\x94 Accounts Receivable\r?\n/
+qr/\r?\n\r?\nHi Jenny Rosen,\r?\n\r?\nYour invoice ACME-0001 for \$1,250\.00 is due on March 15, 2031\.\r?\nPay it here: https:\/\/invoice\.stripe\.com\/i\/acct_test\/in_jenny\r?\n\r?\nBilling =E2=80=94 Accounts Receivable\r?\n/
 
 
 
@@ -193,7 +193,7 @@ Echelon::link_mail('kenji@example.com');
 --- request
 GET /t/mail
 --- error_code: 200
---- response_body_like: for \xc2\xa55,000 is due on
+--- response_body_like: for =C2=A55,000 is due on
 
 
 

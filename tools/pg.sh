@@ -21,8 +21,9 @@ set -euo pipefail
 PG_BIN=$(pg_bindir)
 PG_USER=postgres
 
+# fd 9 holds the lock (take_lock): the server must not inherit it.
 as_postgres() {
-    (cd / && runuser -u "$PG_USER" -- "$@")
+    (cd / && runuser -u "$PG_USER" -- "$@" 9>&-)
 }
 
 settings_file() {
@@ -122,6 +123,14 @@ do_createdb() {
     fi
 }
 
+# start, stop and init wait for each other: a suite may start the cluster
+# in the background while the test run is being stopped.
+take_lock() {
+    exec 9> "$DATA.ctl-lock"
+    flock -w 120 9 || echo "pg.sh: $DATA.ctl-lock still held after 120 s;" \
+                           "going on without it" >&2
+}
+
 main() {
     [ $# -ge 2 ] || die "usage: pg.sh DATADIR init PORT [--fast]|start|stop|status|port|createdb NAME"
     [ "$(id -u)" = 0 ] || die "run as root (it switches to $PG_USER itself)"
@@ -132,9 +141,9 @@ main() {
     local action=$2
     shift 2
     case $action in
-        init)     do_init "$@" ;;
-        start)    do_start ;;
-        stop)     do_stop ;;
+        init)     take_lock; do_init "$@" ;;
+        start)    take_lock; do_start ;;
+        stop)     take_lock; do_stop ;;
         status)   is_running ;;
         port)     configured_port ;;
         createdb) do_createdb "$@" ;;

@@ -28,6 +28,7 @@ SCRATCH=
 PG_DATA=
 SINK_PID=
 PROVE_PID=
+PROVE_PGID=
 
 say() {
     echo "test: $*"
@@ -100,6 +101,17 @@ export_for_suites() {
     export PGHOST=127.0.0.1 PGPORT=$TEST_NGINX_PG_PORT PGUSER=postgres
 }
 
+# What the suites left running in prove's process group (a background
+# "$TEST_NGINX_PG_CTL start", say) gets 10 s to finish, then is stopped.
+stop_prove_group() {
+    [ -n "$PROVE_PGID" ] || return 0
+    for _ in $(seq 100); do
+        kill -0 -- "-$PROVE_PGID" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -TERM -- "-$PROVE_PGID" 2>/dev/null || true
+}
+
 # An nginx that a suite started and could not stop (the run was cut short).
 stop_test_nginx() {
     local pidfile pid
@@ -120,6 +132,7 @@ stop_all() {
         kill -TERM -- "-$PROVE_PID" 2>/dev/null || true
         wait "$PROVE_PID" 2>/dev/null || true
     fi
+    stop_prove_group
     stop_test_nginx
     if [ -n "$SINK_PID" ]; then
         kill -TERM "$SINK_PID" 2>/dev/null || true
@@ -150,6 +163,7 @@ run_prove() {
     # shellcheck disable=SC2086
     setsid prove -I "$lib" -r $PROVE_OPTS $TEST_FILES &
     PROVE_PID=$!
+    PROVE_PGID=$PROVE_PID
     wait "$PROVE_PID" || status=$?
     PROVE_PID=
     return "$status"

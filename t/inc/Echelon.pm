@@ -9,6 +9,7 @@ package Echelon;
 
 use strict;
 use warnings;
+use utf8;
 
 use Cwd qw(abs_path);
 use Digest::SHA qw(hmac_sha256_hex);

@@ -67,6 +67,13 @@ our $ConfigPreamble    = '';
 our (@EnvToNginx, @BlockPreprocessors, @CleanupHandlers,
      @TestCleanupHandlers, @ResponseBodyChecks);
 
+# Upstream testing modes that this runner does not implement.
+for my $var (qw(TEST_NGINX_USE_HUP TEST_NGINX_CHECK_LEAK TEST_NGINX_BENCHMARK
+                TEST_NGINX_USE_STAP TEST_NGINX_USE_HTTP2 TEST_NGINX_USE_HTTP3
+                TEST_NGINX_USE_RR TEST_NGINX_EVENT_TYPE TEST_NGINX_POSTPONE_OUTPUT)) {
+    warn "WARNING: $var is not supported by t/lib/Test/Nginx/Socket.pm; ignored\n" if $ENV{$var};
+}
+
 if ($Randomize) {
     $ServerPort = $ServerPortForClient = _free_port({})
         or die "Cannot find an available listening port number.\n";
@@ -686,8 +693,10 @@ sub _expand_env {
 sub _env_value {
     my ($var, $name) = @_;
     if ($var =~ /^TEST_NGINX_RAND_PORT_\d+$/) {
-        return $RandPorts{$var} //= _free_port({ $ServerPort => 1, map { $_ => 1 } values %RandPorts })
+        return $RandPorts{$var} if defined $RandPorts{$var};
+        my $port = _free_port({ $ServerPort => 1, map { $_ => 1 } values %RandPorts })
             // bail_out("$name - Cannot find an available listening port number for $var.\n");
+        return $RandPorts{$var} = $port;
     }
     bail_out("$name - No environment $var defined.\n") unless defined $ENV{$var};
     return $ENV{$var};

@@ -172,8 +172,8 @@ sub start {
     }
 
     # Daemon mode: the launcher exits once nginx has bound its sockets.
-    # Retry briefly if the port is still held by a previous instance.
-    my $deadline = time + 5;
+    # nginx itself retries bind() for ~2.5s; retry once more after that.
+    my $deadline = time + 1;
     while (1) {
         my $pid = _spawn(\@cmd, $stderr, 0) or return "fork failed: $!";
         waitpid($pid, 0);
