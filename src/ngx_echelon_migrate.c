@@ -43,17 +43,19 @@ static void ngx_echelon_migrate_end(ngx_echelon_migrate_t *m,
     ngx_int_t rc);
 
 
+/* one pool a process, and one migration at a time in it */
+
+static ngx_echelon_migrate_t  ngx_echelon_migration;
+
+
 ngx_int_t
 ngx_echelon_migrate(ngx_echelon_pg_pool_t *pool, ngx_echelon_pg_conn_t *conn,
     ngx_echelon_migrate_done_pt done)
 {
     ngx_echelon_migrate_t  *m;
 
-    m = ngx_calloc(sizeof(ngx_echelon_migrate_t),
-                   ngx_echelon_pg_conn_log(conn));
-    if (m == NULL) {
-        return NGX_ERROR;
-    }
+    m = &ngx_echelon_migration;
+    ngx_memzero(m, sizeof(ngx_echelon_migrate_t));
 
     m->pool = pool;
     m->conn = conn;
@@ -183,7 +185,7 @@ ngx_echelon_migrate_end(ngx_echelon_migrate_t *m, ngx_int_t rc)
 
     conn = (m->query.status == NGX_ECHELON_PG_UNAVAILABLE) ? NULL : m->conn;
 
-    ngx_free(m);
+    ngx_memzero(m, sizeof(ngx_echelon_migrate_t));
 
     done(pool, conn, rc);
 }

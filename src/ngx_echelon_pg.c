@@ -82,6 +82,7 @@ static void ngx_echelon_pg_fail_handler(ngx_event_t *ev);
 static void ngx_echelon_pg_queue_handler(ngx_event_t *ev);
 static void ngx_echelon_pg_set_error(ngx_echelon_pg_pool_t *pool,
     const char *prefix, const char *message);
+static void ngx_echelon_pg_notice(void *arg, const char *message);
 
 
 ngx_echelon_pg_pool_t *
@@ -362,6 +363,8 @@ ngx_echelon_pg_connect(ngx_echelon_pg_pool_t *pool)
         ngx_echelon_pg_close(conn);
         return NGX_ERROR;
     }
+
+    (void) PQsetNoticeProcessor(conn->pg, ngx_echelon_pg_notice, pool->log);
 
     ngx_add_timer(conn->connection->read, pool->emcf->connect_timeout);
 
@@ -1059,4 +1062,24 @@ ngx_echelon_pg_set_error(ngx_echelon_pg_pool_t *pool, const char *prefix,
     }
 
     pool->error_len = p - pool->error;
+}
+
+
+/* the server's notices go to nginx's log, not to the process's stderr */
+
+static void
+ngx_echelon_pg_notice(void *arg, const char *message)
+{
+    ngx_log_t  *log = arg;
+
+    size_t  len;
+
+    len = ngx_strlen(message);
+
+    while (len && (message[len - 1] == '\n' || message[len - 1] == ' ')) {
+        len--;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, log, 0, "echelon: database notice: %*s",
+                  len, message);
 }

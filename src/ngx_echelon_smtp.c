@@ -100,16 +100,16 @@ static ngx_int_t ngx_echelon_smtp_start(ngx_echelon_smtp_t *smtp,
     ngx_echelon_smtp_transfer_t *t, ngx_str_t *from, ngx_str_t *to);
 static void ngx_echelon_smtp_refuse(ngx_echelon_smtp_t *smtp,
     ngx_echelon_smtp_transfer_t *t, const char *reason);
-static void ngx_echelon_smtp_check(ngx_echelon_smtp_t *smtp);
+static void ngx_echelon_smtp_refuse_handler(ngx_event_t *ev);
+static void ngx_echelon_smtp_event_handler(ngx_event_t *ev);
+static void ngx_echelon_smtp_timer_handler(ngx_event_t *ev);
+static void ngx_echelon_smtp_action(ngx_echelon_smtp_t *smtp, ngx_socket_t fd,
+    int mask);
 static void ngx_echelon_smtp_finish(ngx_echelon_smtp_transfer_t *t,
     CURLcode result);
 static void ngx_echelon_smtp_complete(ngx_echelon_smtp_transfer_t *t,
     ngx_echelon_send_e status, u_char *text, size_t len);
 static void ngx_echelon_smtp_free(ngx_echelon_smtp_transfer_t *t);
-
-static void ngx_echelon_smtp_event_handler(ngx_event_t *ev);
-static void ngx_echelon_smtp_timer_handler(ngx_event_t *ev);
-static void ngx_echelon_smtp_refuse_handler(ngx_event_t *ev);
 
 static int ngx_echelon_smtp_socket_callback(CURL *easy, curl_socket_t fd,
     int what, void *userp, void *socketp);
@@ -239,6 +239,9 @@ ngx_echelon_smtp_create(ngx_cycle_t *cycle, ngx_echelon_main_conf_t *emcf)
      * as many idle connections are kept as may be open at all, so that
      * libcurl never evicts one to make room: it would say QUIT and wait
      * for the reply blocking the worker
+     *
+     * Shortcoming: a mail queued behind busy connections starts its timeout
+     * late; the scheduler's small batches keep that queue short.
      */
 
     if (curl_multi_setopt(smtp->multi, CURLMOPT_SOCKETFUNCTION,
@@ -309,7 +312,10 @@ ngx_echelon_smtp_template(ngx_echelon_smtp_t *smtp,
 
     /*
      * every transfer starts as a copy of this handle; the server response
-     * timeout also bounds the QUIT that libcurl waits for blocking
+     * timeout also bounds the wait for the reply to QUIT
+     *
+     * Shortcoming: libcurl reads the replies to the end of DATA and to QUIT
+     * blocking the worker; bounded by smtp_timeout, brief with a near relay.
      */
 
     if (curl_easy_setopt(easy, CURLOPT_URL, url) != CURLE_OK
@@ -598,53 +604,46 @@ ngx_echelon_smtp_refuse_handler(ngx_event_t *ev)
 static void
 ngx_echelon_smtp_event_handler(ngx_event_t *ev)
 {
-    int                  running;
-    CURLMcode            rc;
-    ngx_socket_t         fd;
-    ngx_connection_t    *c;
-    ngx_echelon_smtp_t  *smtp;
+    ngx_connection_t  *c;
 
     c = ev->data;
-    smtp = c->data;
-    fd = c->fd;
 
     ngx_log_debug2(NGX_LOG_DEBUG_EVENT, ev->log, 0,
-                   "echelon smtp: socket %d %s", fd,
+                   "echelon smtp: socket %d %s", c->fd,
                    ev->write ? "writable" : "readable");
 
-    /* c may be released by the close socket callback from here on */
-
-    rc = curl_multi_socket_action(smtp->multi, fd,
-                                  ev->write ? CURL_CSELECT_OUT
-                                            : CURL_CSELECT_IN,
-                                  &running);
-
-    if (rc != CURLM_OK) {
-        ngx_log_error(NGX_LOG_ALERT, smtp->log, 0,
-                      "echelon smtp: curl_multi_socket_action() failed: %s",
-                      curl_multi_strerror(rc));
-    }
-
-    ngx_echelon_smtp_check(smtp);
+    ngx_echelon_smtp_action(c->data, c->fd,
+                            ev->write ? CURL_CSELECT_OUT : CURL_CSELECT_IN);
 }
 
 
 static void
 ngx_echelon_smtp_timer_handler(ngx_event_t *ev)
 {
-    int                  running;
-    CURLMcode            rc;
-    ngx_connection_t    *c;
-    ngx_echelon_smtp_t  *smtp;
+    ngx_connection_t  *c;
 
     c = ev->data;
-    smtp = c->data;
 
-    ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ev->log, 0,
-                   "echelon smtp: timer");
+    ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ev->log, 0, "echelon smtp: timer");
 
-    rc = curl_multi_socket_action(smtp->multi, CURL_SOCKET_TIMEOUT, 0,
-                                  &running);
+    ngx_echelon_smtp_action(c->data, CURL_SOCKET_TIMEOUT, 0);
+}
+
+
+static void
+ngx_echelon_smtp_action(ngx_echelon_smtp_t *smtp, ngx_socket_t fd, int mask)
+{
+    int          running, left;
+    CURL        *easy;
+    void        *t;
+    CURLMsg     *msg;
+    CURLcode     result;
+    CURLMcode    rc;
+    ngx_uint_t   failed;
+
+    /* the socket's connection may be released while curl acts */
+
+    rc = curl_multi_socket_action(smtp->multi, fd, mask, &running);
 
     if (rc != CURLM_OK) {
         ngx_log_error(NGX_LOG_ALERT, smtp->log, 0,
@@ -652,19 +651,7 @@ ngx_echelon_smtp_timer_handler(ngx_event_t *ev)
                       curl_multi_strerror(rc));
     }
 
-    ngx_echelon_smtp_check(smtp);
-}
-
-
-static void
-ngx_echelon_smtp_check(ngx_echelon_smtp_t *smtp)
-{
-    int                           left;
-    CURL                         *easy;
-    void                         *t;
-    CURLMsg                      *msg;
-    CURLcode                      result;
-    ngx_uint_t                    failed;
+    /* curl has returned: finished transfers are reported from here */
 
     failed = 0;
 
@@ -682,11 +669,7 @@ ngx_echelon_smtp_check(ngx_echelon_smtp_t *smtp)
         easy = msg->easy_handle;
         result = msg->data.result;
 
-        if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, &t) != CURLE_OK) {
-            ngx_log_error(NGX_LOG_ALERT, smtp->log, 0,
-                          "echelon smtp: transfer without its private data");
-            continue;
-        }
+        (void) curl_easy_getinfo(easy, CURLINFO_PRIVATE, &t);
 
         if (result != CURLE_OK) {
             failed = 1;
@@ -854,9 +837,9 @@ ngx_echelon_smtp_timer_callback(CURLM *multi, long timeout_ms, void *userp)
                    "echelon smtp: timeout %l", timeout_ms);
 
     /*
-     * no call into curl from here: 0 becomes a 0 ms timer, run on the next
-     * turn of the event loop; deleting first keeps nginx from keeping an
-     * older, later timer within its lazy delay
+     * no call into curl from here: "now" becomes 1 ms, so that nginx also
+     * looks at its sockets between two rounds of curl; deleting first keeps
+     * nginx from keeping an older, later timer within its lazy delay
      */
 
     if (smtp->timer.timer_set) {
@@ -864,7 +847,7 @@ ngx_echelon_smtp_timer_callback(CURLM *multi, long timeout_ms, void *userp)
     }
 
     if (timeout_ms >= 0) {
-        ngx_add_timer(&smtp->timer, (ngx_msec_t) timeout_ms);
+        ngx_add_timer(&smtp->timer, timeout_ms ? (ngx_msec_t) timeout_ms : 1);
     }
 
     return 0;
@@ -1014,8 +997,8 @@ ngx_echelon_smtp_debug(CURL *easy, curl_infotype type, char *data,
 
         /* the reply to QUIT says nothing about the message */
 
-        if (size >= 4 && ngx_strncasecmp((u_char *) data, (u_char *) "QUIT", 4)
-                         == 0)
+        if (size >= 4
+            && ngx_strncasecmp((u_char *) data, (u_char *) "QUIT", 4) == 0)
         {
             t->quit = 1;
         }
@@ -1271,6 +1254,8 @@ ngx_echelon_smtp_mailbox(ngx_str_t *text, ngx_echelon_smtp_mailbox_t *mb)
     u_char  *p, *last, *lt;
 
     /* "Display Name <addr>", "\"Display Name\" <addr>", "<addr>", "addr" */
+
+    /* Shortcoming: \" inside a quoted name is kept; rare, shows a backslash */
 
     p = text->data;
     last = p + text->len;
