@@ -52,6 +52,20 @@ typedef enum {
     NGX_ECHELON_SQL_CONTACT_GET,
     NGX_ECHELON_SQL_ACTIVITY,
     NGX_ECHELON_SQL_DELIVERY_GET,
+    NGX_ECHELON_SQL_ACCOUNT_PLAN,
+    NGX_ECHELON_SQL_EMPLOYEE_PATCH,
+    NGX_ECHELON_SQL_EMPLOYEE_DELETE,
+    NGX_ECHELON_SQL_TRIGGER_GET,
+    NGX_ECHELON_SQL_TRIGGER_PATCH,
+    NGX_ECHELON_SQL_TRIGGER_DELETE,
+    NGX_ECHELON_SQL_CONTACT_PATCH,
+    NGX_ECHELON_SQL_CONTACT_ACTIVITY,
+    NGX_ECHELON_SQL_INVOICE_CREATE,
+    NGX_ECHELON_SQL_INVOICE_GET,
+    NGX_ECHELON_SQL_INVOICE_VOID,
+    NGX_ECHELON_SQL_PAYMENT_CREATE,
+    NGX_ECHELON_SQL_IDEMPOTENCY_BEGIN,
+    NGX_ECHELON_SQL_IDEMPOTENCY_END,
     NGX_ECHELON_SQL_RESCUE,
     NGX_ECHELON_SQL_CLAIM,
     NGX_ECHELON_SQL_FINISH,
@@ -197,8 +211,16 @@ struct ngx_echelon_ctx_s {
     ngx_str_t                   account_id;
     ngx_str_t                   account_name;
     ngx_str_t                   account_plan;
+    ngx_str_t                   account_created;
+
+    /* Idempotency-Key: the answer is stored before it is sent */
+    ngx_str_t                   idem_key;
+    ngx_str_t                   idem_hash;
+    ngx_str_t                   idem_response;
+    ngx_uint_t                  idem_status;
 
     void                       *data;
+    void                       *route;
 };
 
 
@@ -208,6 +230,8 @@ ngx_int_t ngx_echelon_read_body(ngx_http_request_t *r,
 ngx_int_t ngx_echelon_body_bytes(ngx_http_request_t *r, ngx_str_t *body);
 ngx_int_t ngx_echelon_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *json);
+ngx_int_t ngx_echelon_send_text(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *text);
 ngx_int_t ngx_echelon_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message, const char *field);
 void ngx_echelon_run(ngx_echelon_ctx_t *ctx, ngx_echelon_step_pt step);
@@ -219,12 +243,15 @@ ngx_table_elt_t *ngx_echelon_find_header(ngx_http_request_t *r,
     const char *name);
 ngx_int_t ngx_echelon_parse_body(ngx_echelon_ctx_t *ctx);
 json_t *ngx_echelon_json_str(ngx_str_t *s);
+json_t *ngx_echelon_json_text(u_char *text, size_t len);
+ngx_int_t ngx_echelon_id_valid(ngx_str_t *id);
 json_t *ngx_echelon_json_column(PGresult *res, int row, const char *column);
 
 
 /* the API and the webhooks (src/ngx_echelon_api.c, ngx_echelon_stripe.c) */
 
 ngx_int_t ngx_echelon_api_handler(ngx_http_request_t *r);
+ngx_int_t ngx_echelon_idempotency_end(ngx_echelon_ctx_t *ctx);
 ngx_int_t ngx_echelon_webhooks_handler(ngx_http_request_t *r);
 ngx_int_t ngx_echelon_stripe_verify(ngx_str_t *header, ngx_str_t *body,
     ngx_str_t *secrets, ngx_uint_t nsecrets, time_t now, time_t tolerance,
@@ -241,12 +268,16 @@ typedef struct {
     ngx_str_t                   invoice_url;
     ngx_str_t                   employee_name;
     ngx_str_t                   account_name;
+    ngx_str_t                   event;
+    ngx_str_t                   tone;
 } ngx_echelon_vars_t;
 
 
 ngx_int_t ngx_echelon_format_money(ngx_pool_t *pool, int64_t minor,
     ngx_str_t *currency, ngx_str_t *out);
 ngx_int_t ngx_echelon_render(ngx_pool_t *pool, ngx_str_t *tmpl,
+    ngx_echelon_vars_t *vars, ngx_str_t *out);
+ngx_int_t ngx_echelon_render_subject(ngx_pool_t *pool,
     ngx_echelon_vars_t *vars, ngx_str_t *out);
 ngx_int_t ngx_echelon_template_check(ngx_str_t *tmpl, ngx_str_t *unknown);
 

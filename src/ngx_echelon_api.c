@@ -90,6 +90,47 @@ static ngx_int_t ngx_echelon_delivery_get(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_delivery_found(ngx_echelon_ctx_t *ctx,
     PGresult *res);
 
+static ngx_int_t ngx_echelon_idempotency_begin(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_idempotency_found(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_idempotency_stored(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_account_plan(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_account_planned(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_employee_patch(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_employee_patched(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_employee_delete(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_deleted(ngx_echelon_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_echelon_trigger_get(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_trigger_found(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_trigger_patch(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_trigger_delete(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_contact_patch(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_contact_patched(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_contact_activity(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_invoice_create(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_invoice_created(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_invoice_get(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_invoice_found(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_invoice_void(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_invoice_voided(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static json_t *ngx_echelon_invoice_json(PGresult *res, int row);
+static ngx_int_t ngx_echelon_payment_create(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_payment_created(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
+static ngx_int_t ngx_echelon_check_template(ngx_echelon_ctx_t *ctx,
+    json_t *tmpl, ngx_uint_t subject_required, ngx_str_t *subject,
+    ngx_str_t *body, ngx_int_t *rc);
+static ngx_int_t ngx_echelon_field_integer(ngx_echelon_ctx_t *ctx,
+    json_t *obj, const char *name, ngx_uint_t required, json_int_t min,
+    json_int_t max, json_int_t *out, ngx_int_t *rc);
 static ngx_int_t ngx_echelon_field_string(ngx_echelon_ctx_t *ctx,
     json_t *obj, const char *name, const char *path, ngx_uint_t required,
     size_t max, ngx_str_t *out, ngx_int_t *rc);
@@ -112,6 +153,9 @@ static json_t *ngx_echelon_list_json(ngx_echelon_ctx_t *ctx, PGresult *res,
     json_t *(*item)(PGresult *res, int row));
 static const char *ngx_echelon_str(ngx_echelon_ctx_t *ctx, ngx_int_t n);
 static ngx_int_t ngx_echelon_param(ngx_echelon_ctx_t *ctx, ngx_str_t *v);
+static const char *ngx_echelon_method_name(ngx_uint_t method);
+static ngx_int_t ngx_echelon_is_code(ngx_str_t *code);
+static ngx_int_t ngx_echelon_json_has(json_t *array, size_t n, json_t *v);
 static ngx_int_t ngx_echelon_copy(ngx_echelon_ctx_t *ctx, ngx_str_t *v);
 
 
@@ -146,6 +190,9 @@ static ngx_echelon_route_t  ngx_echelon_routes[] = {
     { NGX_HTTP_GET, { "account", NULL }, NGX_ECHELON_API_KEY,
       ngx_echelon_account_get },
 
+    { NGX_HTTP_PATCH, { "account", NULL }, NGX_ECHELON_API_ADMIN,
+      ngx_echelon_account_plan },
+
     { NGX_HTTP_PUT, { "integrations", "stripe", NULL }, NGX_ECHELON_API_KEY,
       ngx_echelon_stripe_put },
 
@@ -164,6 +211,21 @@ static ngx_echelon_route_t  ngx_echelon_routes[] = {
     { NGX_HTTP_GET, { "employees", "*", NULL }, NGX_ECHELON_API_KEY,
       ngx_echelon_employee_get },
 
+    { NGX_HTTP_PATCH, { "employees", "*", NULL }, NGX_ECHELON_API_KEY,
+      ngx_echelon_employee_patch },
+
+    { NGX_HTTP_DELETE, { "employees", "*", NULL }, NGX_ECHELON_API_KEY,
+      ngx_echelon_employee_delete },
+
+    { NGX_HTTP_GET, { "triggers", "*", NULL }, NGX_ECHELON_API_KEY,
+      ngx_echelon_trigger_get },
+
+    { NGX_HTTP_PATCH, { "triggers", "*", NULL }, NGX_ECHELON_API_KEY,
+      ngx_echelon_trigger_patch },
+
+    { NGX_HTTP_DELETE, { "triggers", "*", NULL }, NGX_ECHELON_API_KEY,
+      ngx_echelon_trigger_delete },
+
     { NGX_HTTP_POST, { "employees", "*", "triggers", NULL },
       NGX_ECHELON_API_KEY, ngx_echelon_trigger_create },
 
@@ -178,6 +240,24 @@ static ngx_echelon_route_t  ngx_echelon_routes[] = {
 
     { NGX_HTTP_GET, { "contacts", "*", NULL }, NGX_ECHELON_API_KEY,
       ngx_echelon_contact_get },
+
+    { NGX_HTTP_PATCH, { "contacts", "*", NULL }, NGX_ECHELON_API_KEY,
+      ngx_echelon_contact_patch },
+
+    { NGX_HTTP_GET, { "contacts", "*", "activity", NULL },
+      NGX_ECHELON_API_KEY, ngx_echelon_contact_activity },
+
+    { NGX_HTTP_POST, { "invoices", NULL }, NGX_ECHELON_API_KEY,
+      ngx_echelon_invoice_create },
+
+    { NGX_HTTP_GET, { "invoices", "*", NULL }, NGX_ECHELON_API_KEY,
+      ngx_echelon_invoice_get },
+
+    { NGX_HTTP_POST, { "invoices", "*", "payments", NULL },
+      NGX_ECHELON_API_KEY, ngx_echelon_payment_create },
+
+    { NGX_HTTP_POST, { "invoices", "*", "void", NULL },
+      NGX_ECHELON_API_KEY, ngx_echelon_invoice_void },
 
     { NGX_HTTP_GET, { "deliveries", "*", NULL }, NGX_ECHELON_API_KEY,
       ngx_echelon_delivery_get },
@@ -238,11 +318,15 @@ ngx_echelon_api_body(ngx_http_request_t *r)
 static ngx_echelon_route_t *
 ngx_echelon_api_route(ngx_echelon_ctx_t *ctx, ngx_int_t *rc)
 {
+    u_char               *p, *allow;
     ngx_uint_t            i, found;
     ngx_str_t            *part;
+    ngx_table_elt_t      *h;
     ngx_echelon_route_t  *rt;
 
     found = 0;
+    allow = ngx_pnalloc(ctx->request->pool, 64);
+    p = allow;
 
     for (rt = ngx_echelon_routes; rt->start; rt++) {
 
@@ -271,7 +355,32 @@ ngx_echelon_api_route(ngx_echelon_ctx_t *ctx, ngx_int_t *rc)
         found = 1;
 
         if (rt->method == ctx->request->method) {
+
+            /* an id that cannot be ours is as unknown as any other */
+
+            if (ctx->nparts > 2 && !ngx_echelon_id_valid(&ctx->path[2])) {
+                *rc = ngx_echelon_reject(ctx, NGX_HTTP_NOT_FOUND,
+                                         "not_found", NULL,
+                                         "no such %V", &ctx->path[1]);
+                return NULL;
+            }
+
             return rt;
+        }
+
+        if (allow && p + 10 < allow + 64) {
+            p = ngx_sprintf(p, "%s%s", p == allow ? "" : ", ",
+                            ngx_echelon_method_name(rt->method));
+        }
+    }
+
+    if (found && allow) {
+        h = ngx_list_push(&ctx->request->headers_out.headers);
+        if (h) {
+            h->hash = 1;
+            ngx_str_set(&h->key, "Allow");
+            h->value.data = allow;
+            h->value.len = p - allow;
         }
     }
 
@@ -293,7 +402,7 @@ static ngx_int_t
 ngx_echelon_api_authenticate(ngx_echelon_ctx_t *ctx,
     ngx_echelon_route_t *route)
 {
-    u_char           *hex;
+    u_char           *hex, given[65], expected[65];
     ngx_str_t         key, *admin;
     ngx_table_elt_t  *h;
 
@@ -312,6 +421,9 @@ ngx_echelon_api_authenticate(ngx_echelon_ctx_t *ctx,
     key.len = h->value.len - (sizeof("Bearer ") - 1);
 
     if (route->auth == NGX_ECHELON_API_ADMIN) {
+
+        /* compared as hashes: equal lengths, so no length leaks */
+
         admin = &ctx->emcf->admin_token;
 
         if (admin->len == 0) {
@@ -320,8 +432,9 @@ ngx_echelon_api_authenticate(ngx_echelon_ctx_t *ctx,
                                       "on this server");
         }
 
-        if (key.len != admin->len
-            || CRYPTO_memcmp(key.data, admin->data, key.len) != 0)
+        if (ngx_echelon_api_key_hash(&key, given) != NGX_OK
+            || ngx_echelon_api_key_hash(admin, expected) != NGX_OK
+            || CRYPTO_memcmp(given, expected, 64) != 0)
         {
             return ngx_echelon_reject(ctx, NGX_HTTP_UNAUTHORIZED,
                                       "unauthorized", NULL,
@@ -377,12 +490,14 @@ ngx_echelon_api_authorized(ngx_echelon_ctx_t *ctx, PGresult *res)
     ctx->account_id = ngx_echelon_pg_value(res, 0, "id");
     ctx->account_name = ngx_echelon_pg_value(res, 0, "name");
     ctx->account_plan = ngx_echelon_pg_value(res, 0, "plan");
+    ctx->account_created = ngx_echelon_pg_value(res, 0, "created_at");
 
     /* copies: the result is freed when this step returns */
 
     if (ngx_echelon_copy(ctx, &ctx->account_id) != NGX_OK
         || ngx_echelon_copy(ctx, &ctx->account_name) != NGX_OK
-        || ngx_echelon_copy(ctx, &ctx->account_plan) != NGX_OK)
+        || ngx_echelon_copy(ctx, &ctx->account_plan) != NGX_OK
+        || ngx_echelon_copy(ctx, &ctx->account_created) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -394,8 +509,188 @@ ngx_echelon_api_authorized(ngx_echelon_ctx_t *ctx, PGresult *res)
                               (const char *) ctx->account_id.data);
 
     route = ctx->data;
+    ctx->route = route;
+
+    if (route->method != NGX_HTTP_GET
+        && ngx_echelon_find_header(ctx->request, "Idempotency-Key"))
+    {
+        return ngx_echelon_idempotency_begin(ctx);
+    }
 
     return route->start(ctx);
+}
+
+
+/*
+ * Idempotency-Key: the first request with a key runs and its answer is
+ * kept; a repeat with the same method, path and body gets that answer; a
+ * repeat with another request is a conflict.  A request that fails on
+ * our side (5xx) forgets its key, so that the client may try again.
+ */
+
+static ngx_int_t
+ngx_echelon_idempotency_begin(ngx_echelon_ctx_t *ctx)
+{
+    u_char               md[EVP_MAX_MD_SIZE], *hex;
+    unsigned int         len;
+    EVP_MD_CTX          *md_ctx;
+    ngx_table_elt_t     *h;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    h = ngx_echelon_find_header(r, "Idempotency-Key");
+
+    if (h->value.len == 0 || h->value.len > 255) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                  "invalid_idempotency_key", NULL,
+                                  "an Idempotency-Key is 1 to 255 "
+                                  "characters");
+    }
+
+    if (ngx_echelon_body_bytes(r, &ctx->body) != NGX_OK) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                  "body_too_large", NULL,
+                                  "the request body is too large");
+    }
+
+    md_ctx = EVP_MD_CTX_new();
+    hex = ngx_pnalloc(r->pool, 65);
+
+    if (md_ctx == NULL || hex == NULL) {
+        EVP_MD_CTX_free(md_ctx);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (!EVP_DigestInit_ex(md_ctx, EVP_sha256(), NULL)
+        || !EVP_DigestUpdate(md_ctx, r->method_name.data,
+                             r->method_name.len)
+        || !EVP_DigestUpdate(md_ctx, r->uri.data, r->uri.len)
+        || !EVP_DigestUpdate(md_ctx, "\n", 1)
+        || !EVP_DigestUpdate(md_ctx, ctx->body.data, ctx->body.len)
+        || !EVP_DigestFinal_ex(md_ctx, md, &len))
+    {
+        EVP_MD_CTX_free(md_ctx);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    EVP_MD_CTX_free(md_ctx);
+
+    *ngx_hex_dump(hex, md, len) = '\0';
+
+    ctx->idem_key = h->value;
+    ctx->idem_hash.data = hex;
+    ctx->idem_hash.len = 2 * len;
+
+    if (ngx_echelon_param(ctx, &ctx->idem_key) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) hex);
+    ctx->query.sql = NGX_ECHELON_SQL_IDEMPOTENCY_BEGIN;
+
+    ngx_echelon_run(ctx, ngx_echelon_idempotency_found);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_idempotency_found(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    ngx_str_t             inserted, hash, status, response;
+    ngx_echelon_route_t  *route;
+
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK
+        || PQntuples(res) != 1)
+    {
+        ngx_str_null(&ctx->idem_key);
+        return ngx_echelon_db_error(ctx);
+    }
+
+    inserted = ngx_echelon_pg_value(res, 0, "inserted");
+
+    if (inserted.len && inserted.data[0] == 't') {
+        ctx->query.nparams = 1;
+        route = ctx->route;
+        return route->start(ctx);
+    }
+
+    /* a repeat: nothing runs, and nothing is stored again */
+
+    hash = ngx_echelon_pg_value(res, 0, "request_hash");
+    status = ngx_echelon_pg_value(res, 0, "status");
+    response = ngx_echelon_pg_value(res, 0, "response");
+
+    ctx->idem_status = 1;
+
+    if (hash.len != ctx->idem_hash.len
+        || ngx_strncmp(hash.data, ctx->idem_hash.data, hash.len) != 0)
+    {
+        return ngx_echelon_reject(ctx, NGX_HTTP_CONFLICT,
+                                  "idempotency_key_reused", NULL,
+                                  "this Idempotency-Key was used with "
+                                  "another request");
+    }
+
+    if (status.data == NULL) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_CONFLICT,
+                                  "idempotency_key_in_use", NULL,
+                                  "a request with this Idempotency-Key is "
+                                  "still running");
+    }
+
+    if (ngx_echelon_copy(ctx, &response) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_echelon_send_text(ctx->request,
+                                 (ngx_uint_t) ngx_atoi(status.data,
+                                                       status.len),
+                                 &response);
+}
+
+
+ngx_int_t
+ngx_echelon_idempotency_end(ngx_echelon_ctx_t *ctx)
+{
+    ngx_echelon_pg_query_t  *q;
+
+    q = &ctx->query;
+
+    ngx_memzero(q, sizeof(ngx_echelon_pg_query_t));
+    ngx_echelon_pg_param_cstr(q, (const char *) ctx->account_id.data);
+
+    if (ngx_echelon_param(ctx, &ctx->idem_key) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->idem_status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        ngx_echelon_pg_param_cstr(q, NULL);
+        ngx_echelon_pg_param_cstr(q, NULL);
+
+    } else {
+        ngx_echelon_pg_param_cstr(q, ngx_echelon_str(ctx, ctx->idem_status));
+        ngx_echelon_pg_param_cstr(q, (const char *) ctx->idem_response.data);
+    }
+
+    q->sql = NGX_ECHELON_SQL_IDEMPOTENCY_END;
+    ngx_echelon_run(ctx, ngx_echelon_idempotency_stored);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_idempotency_stored(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                      "echelon: the answer to Idempotency-Key \"%V\" was "
+                      "not stored", &ctx->idem_key);
+    }
+
+    return ngx_echelon_send_text(ctx->request, ctx->idem_status,
+                                 &ctx->idem_response);
 }
 
 
@@ -514,10 +809,12 @@ static ngx_int_t
 ngx_echelon_account_get(ngx_echelon_ctx_t *ctx)
 {
     return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
-               json_pack("{s:o, s:o, s:o}",
+               json_pack("{s:o, s:o, s:o, s:o}",
                          "id", ngx_echelon_json_str(&ctx->account_id),
                          "name", ngx_echelon_json_str(&ctx->account_name),
-                         "plan", ngx_echelon_json_str(&ctx->account_plan)));
+                         "plan", ngx_echelon_json_str(&ctx->account_plan),
+                         "created_at",
+                         ngx_echelon_json_str(&ctx->account_created)));
 }
 
 
@@ -845,6 +1142,12 @@ ngx_echelon_employee_create(ngx_echelon_ctx_t *ctx)
                                       "the %V plan does not include %V",
                                       &ctx->account_plan, &kind);
         }
+
+        if (i && ngx_echelon_json_has(channels, i, ch)) {
+            return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                      "duplicate_value", "channels",
+                                      "%V is listed twice", &kind);
+        }
     }
 
     text = json_dumps(channels, JSON_COMPACT);
@@ -997,7 +1300,7 @@ ngx_echelon_trigger_create(ngx_echelon_ctx_t *ctx)
 {
     json_t     *tmpl, *delay, *every, *times;
     ngx_int_t   rc, seconds;
-    ngx_str_t   event, channel, subject, body, unless, unknown;
+    ngx_str_t   event, channel, subject, body, unless;
 
     rc = ngx_echelon_parse_body(ctx);
     if (ctx->json == NULL) {
@@ -1018,39 +1321,22 @@ ngx_echelon_trigger_create(ngx_echelon_ctx_t *ctx)
         return rc;
     }
 
+    /*
+     * The template is optional: what it leaves out, the employee writes
+     * in its tone (the subject, the body, or {{greeting}}, {{message}} and
+     * {{closing}} inside the body).
+     */
+
+    ngx_str_null(&subject);
+    ngx_str_null(&body);
+
     tmpl = json_object_get(ctx->json, "template");
 
-    if (!json_is_object(tmpl)) {
-        return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
-                                  tmpl ? "invalid_type" : "missing_field",
-                                  "template", "\"template\" must be an "
-                                  "object with \"subject\" and \"body\"");
-    }
-
-    if (ngx_echelon_field_string(ctx, tmpl, "subject", "template.subject",
-                                 channel.data[0] == 'e', 998, &subject, &rc)
-        != NGX_OK
-        || ngx_echelon_field_string(ctx, tmpl, "body", "template.body", 1,
-                                    NGX_ECHELON_TEXT_MAX, &body, &rc)
-           != NGX_OK)
+    if (tmpl && ngx_echelon_check_template(ctx, tmpl, 0, &subject, &body,
+                                           &rc)
+                != NGX_OK)
     {
         return rc;
-    }
-
-    if (subject.data && ngx_echelon_template_check(&subject, &unknown)
-                        != NGX_OK)
-    {
-        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
-                                  "unknown_variable", "template.subject",
-                                  "unknown template variable \"%V\"",
-                                  &unknown);
-    }
-
-    if (ngx_echelon_template_check(&body, &unknown) != NGX_OK) {
-        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
-                                  "unknown_variable", "template.body",
-                                  "unknown template variable \"%V\"",
-                                  &unknown);
     }
 
     delay = json_object_get(ctx->json, "delay");
@@ -1455,6 +1741,12 @@ ngx_echelon_activity_employee(ngx_echelon_ctx_t *ctx, PGresult *res)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (contact.data && !ngx_echelon_id_valid(&contact)) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                  "invalid_parameter", "contact",
+                                  "\"contact\" is a contact id");
+    }
+
     if ((status.data && ngx_echelon_field_enum(ctx, "status", &status,
                                                ngx_echelon_statuses, &rc)
                         != NGX_OK)
@@ -1467,12 +1759,21 @@ ngx_echelon_activity_employee(ngx_echelon_ctx_t *ctx, PGresult *res)
 
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) status.data);
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) channel.data);
-    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) contact.data);
+
+    /* a contact's own activity, or an employee's, filtered by contact */
+
+    if (ctx->query.sql == NGX_ECHELON_SQL_CONTACT_GET) {
+        ctx->query.sql = NGX_ECHELON_SQL_CONTACT_ACTIVITY;
+
+    } else {
+        ctx->query.sql = NGX_ECHELON_SQL_ACTIVITY;
+        ngx_echelon_pg_param_cstr(&ctx->query, (const char *) contact.data);
+    }
+
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) since.data);
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) cursor.data);
     ngx_echelon_pg_param_cstr(&ctx->query, ngx_echelon_str(ctx, limit + 1));
 
-    ctx->query.sql = NGX_ECHELON_SQL_ACTIVITY;
     ctx->data = (void *) limit;
 
     ngx_echelon_run(ctx, ngx_echelon_activity_listed);
@@ -1579,6 +1880,944 @@ ngx_echelon_delivery_found(ngx_echelon_ctx_t *ctx, PGresult *res)
                         history ? history : json_array());
 
     return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK, delivery);
+}
+
+
+/* PATCH /v1/account (admin): {"account": "acct_...", "plan": "..."} */
+
+static ngx_int_t
+ngx_echelon_account_plan(ngx_echelon_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+    ngx_str_t  account, plan;
+
+    rc = ngx_echelon_parse_body(ctx);
+    if (ctx->json == NULL) {
+        return rc;
+    }
+
+    if (ngx_echelon_field_string(ctx, ctx->json, "account", "account", 1,
+                                 64, &account, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "plan", "plan", 1, 16,
+                                    &plan, &rc) != NGX_OK
+        || ngx_echelon_field_enum(ctx, "plan", &plan, ngx_echelon_plans, &rc)
+           != NGX_OK)
+    {
+        return rc;
+    }
+
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) account.data);
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) plan.data);
+    ctx->query.sql = NGX_ECHELON_SQL_ACCOUNT_PLAN;
+
+    ngx_echelon_run(ctx, ngx_echelon_account_planned);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_account_planned(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_NOT_FOUND, "not_found",
+                                  "account", "no account with this id");
+    }
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
+               json_pack("{s:o, s:o, s:o, s:o}",
+                         "id", ngx_echelon_json_column(res, 0, "id"),
+                         "name", ngx_echelon_json_column(res, 0, "name"),
+                         "plan", ngx_echelon_json_column(res, 0, "plan"),
+                         "created_at",
+                         ngx_echelon_json_column(res, 0, "created_at")));
+}
+
+
+/* PATCH /v1/employees/{id}: name, tone, channels, enabled */
+
+static ngx_int_t
+ngx_echelon_employee_patch(ngx_echelon_ctx_t *ctx)
+{
+    char       *text;
+    size_t      i;
+    json_t     *channels, *ch, *enabled;
+    ngx_int_t   rc;
+    ngx_str_t   name, tone, kind, v;
+
+    rc = ngx_echelon_parse_body(ctx);
+    if (ctx->json == NULL) {
+        return rc;
+    }
+
+    if (ngx_echelon_field_string(ctx, ctx->json, "name", "name", 0,
+                                 NGX_ECHELON_NAME_MAX, &name, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "tone", "tone", 0, 32,
+                                    &tone, &rc) != NGX_OK)
+    {
+        return rc;
+    }
+
+    if (name.data && name.len == 0) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "empty_value", "name",
+                                  "\"name\" must not be empty");
+    }
+
+    if (tone.data && ngx_echelon_field_enum(ctx, "tone", &tone,
+                                            ngx_echelon_tones, &rc)
+                     != NGX_OK)
+    {
+        return rc;
+    }
+
+    enabled = json_object_get(ctx->json, "enabled");
+
+    if (enabled && !json_is_boolean(enabled)) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST, "invalid_type",
+                                  "enabled", "\"enabled\" must be true or "
+                                  "false");
+    }
+
+    channels = json_object_get(ctx->json, "channels");
+    text = NULL;
+
+    if (channels) {
+        if (!json_is_array(channels) || json_array_size(channels) == 0
+            || json_array_size(channels) > 3)
+        {
+            return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_type", "channels",
+                                      "\"channels\" must be a list of 1 to "
+                                      "3 channels");
+        }
+
+        json_array_foreach(channels, i, ch) {
+            if (!json_is_string(ch)) {
+                return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                          "invalid_type", "channels",
+                                          "each channel must be a string");
+            }
+
+            kind.data = (u_char *) json_string_value(ch);
+            kind.len = json_string_length(ch);
+
+            if (ngx_echelon_field_enum(ctx, "channels", &kind,
+                                       ngx_echelon_channels, &rc) != NGX_OK)
+            {
+                return rc;
+            }
+
+            if (!ngx_echelon_plan_allows(&ctx->account_plan, &kind)) {
+                return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                          "channel_not_in_plan", "channels",
+                                          "the %V plan does not include %V",
+                                          &ctx->account_plan, &kind);
+            }
+        }
+
+        text = json_dumps(channels, JSON_COMPACT);
+        if (text == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        free(text);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) name.data);
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) tone.data);
+
+    v.data = (u_char *) text;
+    v.len = text ? ngx_strlen(text) : 0;
+
+    rc = ngx_echelon_param(ctx, &v);
+    free(text);
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_echelon_pg_param_cstr(&ctx->query,
+                              enabled == NULL ? NULL
+                              : json_is_true(enabled) ? "true" : "false");
+
+    ctx->query.sql = NGX_ECHELON_SQL_EMPLOYEE_PATCH;
+    ngx_echelon_run(ctx, ngx_echelon_employee_patched);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_employee_patched(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    ngx_str_t  missing, found;
+
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK
+        || PQntuples(res) != 1)
+    {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    found = ngx_echelon_pg_value(res, 0, "employees");
+
+    if (found.len != 1 || found.data[0] != '1') {
+        return ngx_echelon_not_found(ctx);
+    }
+
+    missing = ngx_echelon_pg_value(res, 0, "missing_channel");
+
+    if (missing.data) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "channel_not_connected", "channels",
+                                  "connect %V first with PUT /v1/channels/%V",
+                                  &missing, &missing);
+    }
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
+                                 ngx_echelon_employee_json(res, 0));
+}
+
+
+/* DELETE /v1/employees/{id}: what it had scheduled is cancelled */
+
+static ngx_int_t
+ngx_echelon_employee_delete(ngx_echelon_ctx_t *ctx)
+{
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query.sql = NGX_ECHELON_SQL_EMPLOYEE_DELETE;
+    ngx_echelon_run(ctx, ngx_echelon_deleted);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_deleted(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    ngx_str_t  n;
+
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_echelon_not_found(ctx);
+    }
+
+    n = ngx_echelon_pg_value(res, 0, "cancelled");
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
+               json_pack("{s:o, s:b, s:I}",
+                         "id", ngx_echelon_json_column(res, 0, "id"),
+                         "deleted", 1,
+                         "cancelled_deliveries",
+                         (json_int_t) ngx_atoi(n.data, n.len)));
+}
+
+
+/* GET /v1/triggers/{id} */
+
+static ngx_int_t
+ngx_echelon_trigger_get(ngx_echelon_ctx_t *ctx)
+{
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query.sql = NGX_ECHELON_SQL_TRIGGER_GET;
+    ngx_echelon_run(ctx, ngx_echelon_trigger_found);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_trigger_found(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_echelon_not_found(ctx);
+    }
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
+                                 ngx_echelon_trigger_json(res, 0));
+}
+
+
+/*
+ * PATCH /v1/triggers/{id}: template, delay, unless, every_days, max_times.
+ * Deliveries already scheduled keep their time; they are rendered with the
+ * template as it is when they go out.
+ */
+
+static ngx_int_t
+ngx_echelon_trigger_patch(ngx_echelon_ctx_t *ctx)
+{
+    json_t      *tmpl, *delay, *unless;
+    ngx_int_t    rc, seconds;
+    ngx_str_t    subject, body;
+    json_int_t   every, times;
+
+    rc = ngx_echelon_parse_body(ctx);
+    if (ctx->json == NULL) {
+        return rc;
+    }
+
+    ngx_str_null(&subject);
+    ngx_str_null(&body);
+
+    tmpl = json_object_get(ctx->json, "template");
+
+    if (tmpl && ngx_echelon_check_template(ctx, tmpl, 0, &subject, &body,
+                                           &rc)
+                != NGX_OK)
+    {
+        return rc;
+    }
+
+    delay = json_object_get(ctx->json, "delay");
+    seconds = -1;
+
+    if (delay && ngx_echelon_parse_delay(delay, &seconds) != NGX_OK) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "invalid_delay", "delay",
+                                  "\"delay\" is a number of seconds or a "
+                                  "duration such as \"0\", \"30m\", \"12h\" "
+                                  "or \"7d\", at most 366 days");
+    }
+
+    unless = json_object_get(ctx->json, "unless");
+
+    if (unless && !json_is_null(unless)
+        && !(json_is_string(unless)
+             && ngx_strcmp(json_string_value(unless), "paid") == 0))
+    {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "invalid_value", "unless",
+                                  "the only condition is \"paid\"");
+    }
+
+    if (ngx_echelon_field_integer(ctx, ctx->json, "every_days", 0, 1, 365,
+                                  &every, &rc) != NGX_OK
+        || ngx_echelon_field_integer(ctx, ctx->json, "max_times", 0, 1, 100,
+                                     &times, &rc) != NGX_OK)
+    {
+        return rc;
+    }
+
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) subject.data);
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) body.data);
+    ngx_echelon_pg_param_cstr(&ctx->query,
+                              seconds >= 0 ? ngx_echelon_str(ctx, seconds)
+                                           : NULL);
+    ngx_echelon_pg_param_cstr(&ctx->query,
+                              unless == NULL ? NULL
+                              : json_is_null(unless) ? "false" : "true");
+    ngx_echelon_pg_param_cstr(&ctx->query,
+                              every ? ngx_echelon_str(ctx, every) : NULL);
+    ngx_echelon_pg_param_cstr(&ctx->query,
+                              times ? ngx_echelon_str(ctx, times) : NULL);
+
+    ctx->query.sql = NGX_ECHELON_SQL_TRIGGER_PATCH;
+    ngx_echelon_run(ctx, ngx_echelon_trigger_found);
+
+    return NGX_DONE;
+}
+
+
+/* DELETE /v1/triggers/{id}: what it had scheduled is cancelled */
+
+static ngx_int_t
+ngx_echelon_trigger_delete(ngx_echelon_ctx_t *ctx)
+{
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query.sql = NGX_ECHELON_SQL_TRIGGER_DELETE;
+    ngx_echelon_run(ctx, ngx_echelon_deleted);
+
+    return NGX_DONE;
+}
+
+
+/*
+ * PATCH /v1/contacts/{id}: a change of name, email, phone or address fires
+ * billing_details.updated
+ */
+
+static ngx_int_t
+ngx_echelon_contact_patch(ngx_echelon_ctx_t *ctx)
+{
+    char       *text;
+    json_t     *address;
+    ngx_int_t   rc;
+    ngx_str_t   name, email, phone, whatsapp, tz, locale, v;
+
+    rc = ngx_echelon_parse_body(ctx);
+    if (ctx->json == NULL) {
+        return rc;
+    }
+
+    if (ngx_echelon_field_string(ctx, ctx->json, "name", "name", 0,
+                                 NGX_ECHELON_NAME_MAX, &name, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "email", "email", 0, 320,
+                                    &email, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "phone", "phone", 0, 16,
+                                    &phone, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "whatsapp", "whatsapp",
+                                    0, 16, &whatsapp, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "timezone", "timezone",
+                                    0, 64, &tz, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "locale", "locale", 0,
+                                    35, &locale, &rc) != NGX_OK)
+    {
+        return rc;
+    }
+
+    if (json_object_get(ctx->json, "external_id")) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "read_only", "external_id",
+                                  "\"external_id\" cannot be changed");
+    }
+
+    if (email.data && (!ngx_echelon_email_valid(&email)
+                       || ngx_strlchr(email.data, email.data + email.len, '<')))
+    {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "invalid_email", "email",
+                                  "\"email\" is not an email address");
+    }
+
+    if ((phone.data && !ngx_echelon_phone_valid(&phone))
+        || (whatsapp.data && !ngx_echelon_phone_valid(&whatsapp)))
+    {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "invalid_phone",
+                                  phone.data && !ngx_echelon_phone_valid(&phone)
+                                  ? "phone" : "whatsapp",
+                                  "phone numbers must be in E.164 form, such "
+                                  "as +15550000000");
+    }
+
+    address = json_object_get(ctx->json, "address");
+
+    if (address && !json_is_object(address) && !json_is_null(address)) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST, "invalid_type",
+                                  "address", "\"address\" must be an object "
+                                  "(line1, line2, city, postal_code, state, "
+                                  "country) or null");
+    }
+
+    /* the time zone is checked by the database against its list */
+
+    text = json_dumps(ctx->json, JSON_COMPACT);
+    if (text == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        free(text);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    v.data = (u_char *) text;
+    v.len = ngx_strlen(text);
+
+    rc = ngx_echelon_param(ctx, &v);
+    free(text);
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query.sql = NGX_ECHELON_SQL_CONTACT_PATCH;
+    ngx_echelon_run(ctx, ngx_echelon_contact_patched);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_contact_patched(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    json_t     *contact, *address;
+    ngx_str_t   v;
+
+    if (res && ctx->query.status == NGX_ECHELON_PG_FAILED
+        && ctx->query.sqlstate[0] == '2' && ctx->query.sqlstate[1] == '2')
+    {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "invalid_timezone", "timezone",
+                                  "\"timezone\" must be an IANA time zone "
+                                  "such as \"Europe/Paris\"");
+    }
+
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    v = ngx_echelon_pg_value(res, 0, "id");
+
+    if (PQntuples(res) != 1 || v.data == NULL) {
+        return ngx_echelon_not_found(ctx);
+    }
+
+    contact = ngx_echelon_contact_json(res, 0);
+
+    v = ngx_echelon_pg_value(res, 0, "address");
+    address = v.data ? json_loadb((const char *) v.data, v.len, 0, NULL)
+                     : NULL;
+
+    json_object_set_new(contact, "address", address ? address : json_null());
+
+    v = ngx_echelon_pg_value(res, 0, "changed");
+    json_object_set_new(contact, "billing_details_changed",
+                        json_boolean(v.len && v.data[0] == 't'));
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK, contact);
+}
+
+
+/* GET /v1/contacts/{id}/activity */
+
+static ngx_int_t
+ngx_echelon_contact_activity(ngx_echelon_ctx_t *ctx)
+{
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query.sql = NGX_ECHELON_SQL_CONTACT_GET;
+    ngx_echelon_run(ctx, ngx_echelon_activity_employee);
+
+    return NGX_DONE;
+}
+
+
+/* POST /v1/invoices: fires invoice.issued and schedules the reminders */
+
+static ngx_int_t
+ngx_echelon_invoice_create(ngx_echelon_ctx_t *ctx)
+{
+    json_t      *due;
+    ngx_int_t    rc;
+    ngx_str_t    contact, number, currency, url, external, due_text;
+    json_int_t   amount;
+
+    rc = ngx_echelon_parse_body(ctx);
+    if (ctx->json == NULL) {
+        return rc;
+    }
+
+    if (ngx_echelon_field_string(ctx, ctx->json, "contact", "contact", 1, 64,
+                                 &contact, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "number", "number", 0,
+                                    64, &number, &rc) != NGX_OK
+        || ngx_echelon_field_integer(ctx, ctx->json, "amount_due", 1, 0,
+                                     (json_int_t) 1 << 52, &amount, &rc)
+           != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "currency", "currency",
+                                    1, 3, &currency, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "url", "url", 0, 2048,
+                                    &url, &rc) != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "external_id",
+                                    "external_id", 0, 255, &external, &rc)
+           != NGX_OK)
+    {
+        return rc;
+    }
+
+    if (currency.len != 3 || !ngx_echelon_is_code(&currency)) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "invalid_currency", "currency",
+                                  "\"currency\" is a three-letter ISO 4217 "
+                                  "code in lower case, such as \"usd\"");
+    }
+
+    if (url.data && ngx_strncmp(url.data, "https://", 8) != 0
+        && ngx_strncmp(url.data, "http://", 7) != 0)
+    {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "invalid_url", "url",
+                                  "\"url\" must be an http or https URL");
+    }
+
+    /* an RFC 3339 time or a date: the database reads and checks it */
+
+    due = json_object_get(ctx->json, "due_date");
+    ngx_str_null(&due_text);
+
+    if (due && !json_is_null(due)) {
+        if (!json_is_string(due) || json_string_length(due) > 40) {
+            return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_type", "due_date",
+                                      "\"due_date\" must be an RFC 3339 "
+                                      "time or a date (YYYY-MM-DD)");
+        }
+
+        due_text.data = (u_char *) json_string_value(due);
+        due_text.len = json_string_length(due);
+    }
+
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) contact.data);
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) number.data);
+    ngx_echelon_pg_param_cstr(&ctx->query, ngx_echelon_str(ctx, amount));
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) currency.data);
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) due_text.data);
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) url.data);
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) external.data);
+
+    ctx->query.sql = NGX_ECHELON_SQL_INVOICE_CREATE;
+    ngx_echelon_run(ctx, ngx_echelon_invoice_created);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_invoice_created(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    if (res && ctx->query.status == NGX_ECHELON_PG_FAILED) {
+
+        if (ngx_strcmp(ctx->query.sqlstate, "23505") == 0) {
+            return ngx_echelon_reject(ctx, NGX_HTTP_CONFLICT, "duplicate",
+                                      "external_id", "an invoice with this "
+                                      "external_id exists already");
+        }
+
+        if (ctx->query.sqlstate[0] == '2' && ctx->query.sqlstate[1] == '2') {
+            return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                      "invalid_date", "due_date",
+                                      "\"due_date\" must be an RFC 3339 "
+                                      "time or a date (YYYY-MM-DD)");
+        }
+    }
+
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "unknown_contact", "contact",
+                                  "no contact with this id");
+    }
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_CREATED,
+                                 ngx_echelon_invoice_json(res, 0));
+}
+
+
+/* GET /v1/invoices/{id} */
+
+static ngx_int_t
+ngx_echelon_invoice_get(ngx_echelon_ctx_t *ctx)
+{
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query.sql = NGX_ECHELON_SQL_INVOICE_GET;
+    ngx_echelon_run(ctx, ngx_echelon_invoice_found);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_invoice_found(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_echelon_not_found(ctx);
+    }
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
+                                 ngx_echelon_invoice_json(res, 0));
+}
+
+
+/* POST /v1/invoices/{id}/void: what is pending for it is cancelled */
+
+static ngx_int_t
+ngx_echelon_invoice_void(ngx_echelon_ctx_t *ctx)
+{
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query.sql = NGX_ECHELON_SQL_INVOICE_VOID;
+    ngx_echelon_run(ctx, ngx_echelon_invoice_voided);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_invoice_voided(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    ngx_str_t  status;
+
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_echelon_not_found(ctx);
+    }
+
+    status = ngx_echelon_pg_value(res, 0, "status");
+
+    if (status.len != 4 || ngx_strncmp(status.data, "void", 4) != 0) {
+        return ngx_echelon_reject(ctx, NGX_HTTP_CONFLICT, "invoice_closed",
+                                  NULL, "a %V invoice cannot be voided",
+                                  &status);
+    }
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
+                                 ngx_echelon_invoice_json(res, 0));
+}
+
+
+static json_t *
+ngx_echelon_invoice_json(PGresult *res, int row)
+{
+    ngx_str_t  due, paid;
+
+    due = ngx_echelon_pg_value(res, row, "amount_due");
+    paid = ngx_echelon_pg_value(res, row, "amount_paid");
+
+    return json_pack("{s:o, s:o, s:o, s:I, s:I, s:o, s:o, s:o, s:o, s:o,"
+                     " s:o}",
+                     "id", ngx_echelon_json_column(res, row, "id"),
+                     "contact",
+                     ngx_echelon_json_column(res, row, "contact_id"),
+                     "number", ngx_echelon_json_column(res, row, "number"),
+                     "amount_due", (json_int_t) ngx_atoof(due.data, due.len),
+                     "amount_paid",
+                     (json_int_t) ngx_atoof(paid.data, paid.len),
+                     "currency",
+                     ngx_echelon_json_column(res, row, "currency"),
+                     "due_date",
+                     ngx_echelon_json_column(res, row, "due_date"),
+                     "url", ngx_echelon_json_column(res, row, "url"),
+                     "status", ngx_echelon_json_column(res, row, "status"),
+                     "external_id",
+                     ngx_echelon_json_column(res, row, "external_id"),
+                     "created_at",
+                     ngx_echelon_json_column(res, row, "created_at"));
+}
+
+
+/* POST /v1/invoices/{id}/payments: fires payment.received */
+
+static ngx_int_t
+ngx_echelon_payment_create(ngx_echelon_ctx_t *ctx)
+{
+    ngx_int_t    rc;
+    ngx_str_t    currency;
+    json_int_t   amount;
+
+    rc = ngx_echelon_parse_body(ctx);
+    if (ctx->json == NULL) {
+        return rc;
+    }
+
+    if (ngx_echelon_field_integer(ctx, ctx->json, "amount", 1, 1,
+                                  (json_int_t) 1 << 52, &amount, &rc)
+        != NGX_OK
+        || ngx_echelon_field_string(ctx, ctx->json, "currency", "currency",
+                                    1, 3, &currency, &rc) != NGX_OK)
+    {
+        return rc;
+    }
+
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_echelon_pg_param_cstr(&ctx->query, ngx_echelon_str(ctx, amount));
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) currency.data);
+
+    ctx->data = (void *) (ngx_int_t) amount;
+    ctx->query.sql = NGX_ECHELON_SQL_PAYMENT_CREATE;
+    ngx_echelon_run(ctx, ngx_echelon_payment_created);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_payment_created(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    ngx_str_t  prior, currency, paid;
+
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_echelon_not_found(ctx);
+    }
+
+    prior = ngx_echelon_pg_value(res, 0, "prior_status");
+    currency = ngx_echelon_pg_value(res, 0, "currency");
+
+    if (ngx_echelon_pg_value(res, 0, "payment_id").data == NULL) {
+
+        if (prior.len == 4 && ngx_strncmp(prior.data, "paid", 4) == 0) {
+            return ngx_echelon_reject(ctx, NGX_HTTP_CONFLICT,
+                                      "invoice_closed", NULL,
+                                      "the invoice is paid already");
+        }
+
+        if (prior.len == 4 && ngx_strncmp(prior.data, "void", 4) == 0) {
+            return ngx_echelon_reject(ctx, NGX_HTTP_CONFLICT,
+                                      "invoice_closed", NULL,
+                                      "the invoice is void");
+        }
+
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "currency_mismatch", "currency",
+                                  "the invoice is in %V", &currency);
+    }
+
+    paid = ngx_echelon_pg_value(res, 0, "amount_paid");
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_CREATED,
+               json_pack("{s:o, s:o, s:I, s:o, s:{s:o, s:I}}",
+                         "id", ngx_echelon_json_column(res, 0, "payment_id"),
+                         "invoice", ngx_echelon_json_str(&ctx->path[2]),
+                         "amount", (json_int_t) (ngx_int_t) ctx->data,
+                         "currency", ngx_echelon_json_str(&currency),
+                         "invoice_state",
+                         "status",
+                         ngx_echelon_json_column(res, 0, "invoice_status"),
+                         "amount_paid",
+                         (json_int_t) ngx_atoof(paid.data, paid.len)));
+}
+
+
+/* template.subject and template.body, with every variable known */
+
+static ngx_int_t
+ngx_echelon_check_template(ngx_echelon_ctx_t *ctx, json_t *tmpl,
+    ngx_uint_t subject_required, ngx_str_t *subject, ngx_str_t *body,
+    ngx_int_t *rc)
+{
+    ngx_str_t  unknown;
+
+    if (!json_is_object(tmpl)) {
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST, "invalid_type",
+                                 "template", "\"template\" must be an object "
+                                 "with \"subject\" and \"body\"");
+        return NGX_ERROR;
+    }
+
+    if (ngx_echelon_field_string(ctx, tmpl, "subject", "template.subject",
+                                 subject_required, 998, subject, rc)
+        != NGX_OK
+        || ngx_echelon_field_string(ctx, tmpl, "body", "template.body", 0,
+                                    NGX_ECHELON_TEXT_MAX, body, rc)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (subject->data
+        && (ngx_strlchr(subject->data, subject->data + subject->len, '\n')
+            || ngx_strlchr(subject->data, subject->data + subject->len, '\r')))
+    {
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                 "invalid_value", "template.subject",
+                                 "a subject is one line");
+        return NGX_ERROR;
+    }
+
+    if (subject->data && ngx_echelon_template_check(subject, &unknown)
+                         != NGX_OK)
+    {
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                 "unknown_variable", "template.subject",
+                                 "unknown template variable \"%V\"",
+                                 &unknown);
+        return NGX_ERROR;
+    }
+
+    if (body->data && ngx_echelon_template_check(body, &unknown) != NGX_OK) {
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                 "unknown_variable", "template.body",
+                                 "unknown template variable \"%V\"",
+                                 &unknown);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* an integer field within [min, max]; 0 in *out when absent */
+
+static ngx_int_t
+ngx_echelon_field_integer(ngx_echelon_ctx_t *ctx, json_t *obj,
+    const char *name, ngx_uint_t required, json_int_t min, json_int_t max,
+    json_int_t *out, ngx_int_t *rc)
+{
+    json_t  *v;
+
+    *out = 0;
+    v = json_object_get(obj, name);
+
+    if (v == NULL || json_is_null(v)) {
+        if (!required) {
+            return NGX_OK;
+        }
+
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST, "missing_field",
+                                 name, "\"%s\" is required", name);
+        return NGX_ERROR;
+    }
+
+    if (!json_is_integer(v)) {
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST, "invalid_type",
+                                 name, "\"%s\" must be a whole number",
+                                 name);
+        return NGX_ERROR;
+    }
+
+    if (json_integer_value(v) < min || json_integer_value(v) > max) {
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                 "out_of_range", name,
+                                 "\"%s\" must be from %L to %L", name,
+                                 (int64_t) min, (int64_t) max);
+        return NGX_ERROR;
+    }
+
+    *out = json_integer_value(v);
+
+    return NGX_OK;
 }
 
 
@@ -1859,6 +3098,13 @@ ngx_echelon_list_args(ngx_echelon_ctx_t *ctx, ngx_str_t *cursor,
         return NGX_ERROR;
     }
 
+    if (cursor->data && !ngx_echelon_id_valid(cursor)) {
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                 "invalid_parameter", "cursor",
+                                 "\"cursor\" is the next_cursor of a list");
+        return NGX_ERROR;
+    }
+
     *limit = 20;
 
     if (v.data) {
@@ -1904,7 +3150,6 @@ ngx_echelon_arg(ngx_echelon_ctx_t *ctx, const char *name, ngx_str_t *value)
 
     *dst = '\0';
     value->len = dst - value->data;
-    value->len = ngx_strlen(value->data);
 
     return NGX_OK;
 }
@@ -1955,6 +3200,58 @@ ngx_echelon_str(ngx_echelon_ctx_t *ctx, ngx_int_t n)
     *ngx_sprintf(p, "%i", n) = '\0';
 
     return (const char *) p;
+}
+
+
+static const char *
+ngx_echelon_method_name(ngx_uint_t method)
+{
+    switch (method) {
+    case NGX_HTTP_GET:
+        return "GET";
+    case NGX_HTTP_POST:
+        return "POST";
+    case NGX_HTTP_PUT:
+        return "PUT";
+    case NGX_HTTP_PATCH:
+        return "PATCH";
+    default:
+        return "DELETE";
+    }
+}
+
+
+/* whether one of the first n strings of array equals v */
+
+static ngx_int_t
+ngx_echelon_json_has(json_t *array, size_t n, json_t *v)
+{
+    size_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (json_equal(json_array_get(array, i), v)) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* three lower-case letters */
+
+static ngx_int_t
+ngx_echelon_is_code(ngx_str_t *code)
+{
+    size_t  i;
+
+    for (i = 0; i < code->len; i++) {
+        if (code->data[i] < 'a' || code->data[i] > 'z') {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

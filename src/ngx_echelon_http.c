@@ -75,10 +75,26 @@ ngx_echelon_read_body(ngx_http_request_t *r,
                                       "the request body is too large", NULL);
     }
 
+    /*
+     * nginx's own limit is off in our locations, so that a body too large
+     * gets a JSON answer; a chunked body, whose size is known only at its
+     * end, would then be unlimited: a length is required
+     */
+
+    if (r->headers_in.chunked) {
+        ngx_http_discard_request_body(r);
+        return ngx_echelon_send_error(r, NGX_HTTP_LENGTH_REQUIRED,
+                                      "length_required",
+                                      "send the body with a Content-Length",
+                                      NULL);
+    }
+
     rc = ngx_http_read_client_request_body(r, post_handler);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        return rc;
+        return ngx_echelon_send_error(r, rc, "bad_request",
+                                      "the request body could not be read",
+                                      NULL);
     }
 
     return NGX_DONE;
@@ -105,10 +121,17 @@ ngx_echelon_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 
     len = 0;
 
+    /* buffers in memory, in the temporary file, or empty ones ending it */
+
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         b = cl->buf;
-        len += ngx_buf_in_memory(b) ? b->last - b->pos
-                                    : b->file_last - b->file_pos;
+
+        if (ngx_buf_in_memory(b)) {
+            len += b->last - b->pos;
+
+        } else if (b->in_file && b->file) {
+            len += b->file_last - b->file_pos;
+        }
     }
 
     elcf = ngx_http_get_module_loc_conf(r, ngx_http_echelon_module);
@@ -129,6 +152,10 @@ ngx_echelon_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 
         if (ngx_buf_in_memory(b)) {
             p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        if (!b->in_file || b->file == NULL) {
             continue;
         }
 
@@ -156,11 +183,9 @@ ngx_echelon_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 ngx_int_t
 ngx_echelon_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *json)
 {
-    char         *text;
-    size_t        len;
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    char               *text;
+    ngx_str_t           body;
+    ngx_echelon_ctx_t  *ctx;
 
     text = json_dumps(json, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(json);
@@ -169,20 +194,53 @@ ngx_echelon_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *json)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    len = ngx_strlen(text);
+    body.len = ngx_strlen(text);
+    body.data = ngx_pnalloc(r->pool, body.len + 2);
 
-    b = ngx_create_temp_buf(r->pool, len + 1);
-    if (b == NULL) {
+    if (body.data == NULL) {
         free(text);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b->last = ngx_cpymem(b->last, text, len);
-    *b->last++ = '\n';
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
+    ngx_memcpy(body.data, text, body.len);
+    body.data[body.len++] = '\n';
+    body.data[body.len] = '\0';
 
     free(text);
+
+    /* a write under an Idempotency-Key: stored first, then sent */
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_echelon_module);
+
+    if (ctx && ctx->idem_key.len && ctx->idem_status == 0) {
+        ctx->idem_status = status;
+        ctx->idem_response = body;
+
+        return ngx_echelon_idempotency_end(ctx);
+    }
+
+    return ngx_echelon_send_text(r, status, &body);
+}
+
+
+ngx_int_t
+ngx_echelon_send_text(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *text)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = text->data;
+    b->last = text->data + text->len;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
 
     r->headers_out.status = status;
 
@@ -190,7 +248,7 @@ ngx_echelon_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *json)
         ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Entity");
     }
 
-    r->headers_out.content_length_n = b->last - b->pos;
+    r->headers_out.content_length_n = text->len;
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
@@ -213,11 +271,19 @@ ngx_echelon_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message, const char *field)
 {
     json_t           *err;
+    ngx_str_t         fallback;
     ngx_table_elt_t  *h;
 
-    err = json_pack("{s:s, s:s}", "code", code, "message", message);
+    /* a message may quote the client's bytes: keep it valid UTF-8 */
+
+    err = json_pack("{s:s, s:o}", "code", code,
+                    "message", ngx_echelon_json_text((u_char *) message,
+                                                     ngx_strlen(message)));
     if (err == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_str_set(&fallback, "{\"error\":{\"code\":\"internal_error\","
+                    "\"message\":\"the answer could not be written\"}}\n");
+        return ngx_echelon_send_text(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                     &fallback);
     }
 
     if (field) {
@@ -237,6 +303,50 @@ ngx_echelon_send_error(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     return ngx_echelon_send_json(r, status, json_pack("{s:o}", "error", err));
+}
+
+
+/* a JSON string of text, with every byte that is not UTF-8 as U+FFFD */
+
+json_t *
+ngx_echelon_json_text(u_char *text, size_t len)
+{
+    u_char    *p, *last, *dst, *out, *start;
+    json_t    *s;
+    uint32_t   c;
+
+    out = ngx_alloc(3 * len + 1, ngx_cycle->log);
+    if (out == NULL) {
+        return json_string("");
+    }
+
+    p = text;
+    last = text + len;
+    dst = out;
+
+    while (p < last) {
+
+        if (*p < 0x80) {
+            *dst++ = *p++;
+            continue;
+        }
+
+        start = p;
+        c = ngx_utf8_decode(&p, last - p);
+
+        if (c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) {
+            p = start + 1;
+            dst = ngx_cpymem(dst, "\xef\xbf\xbd", 3);
+            continue;
+        }
+
+        dst = ngx_cpymem(dst, start, p - start);
+    }
+
+    s = json_stringn((const char *) out, dst - out);
+    ngx_free(out);
+
+    return s ? s : json_string("");
 }
 
 
@@ -356,7 +466,7 @@ ngx_echelon_json_str(ngx_str_t *s)
         return json_null();
     }
 
-    return json_stringn((const char *) s->data, s->len);
+    return ngx_echelon_json_text(s->data, s->len);
 }
 
 
@@ -467,4 +577,30 @@ ngx_echelon_parse_body(ngx_echelon_ctx_t *ctx)
     }
 
     return NGX_OK;
+}
+
+
+/* an id of ours: letters, digits, "_" and "-", at most 64 of them */
+
+ngx_int_t
+ngx_echelon_id_valid(ngx_str_t *id)
+{
+    size_t  i;
+    u_char  c;
+
+    if (id->len == 0 || id->len > 64) {
+        return 0;
+    }
+
+    for (i = 0; i < id->len; i++) {
+        c = id->data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
 }

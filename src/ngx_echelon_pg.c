@@ -790,6 +790,10 @@ ngx_echelon_pg_complete(ngx_echelon_pg_conn_t *conn)
         PQclear(res);
 
         if (q == NULL) {
+            if (conn->connection->read->timer_set) {
+                ngx_del_timer(conn->connection->read);
+            }
+
             conn->state = NGX_ECHELON_CONN_IDLE;
             goto next;
         }

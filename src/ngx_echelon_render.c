@@ -10,10 +10,26 @@
 #include "ngx_echelon.h"
 
 
+/* a variable is a field of ngx_echelon_vars_t, or a part in the tone */
+
+#define NGX_ECHELON_PART_GREETING   ((size_t) -1)
+#define NGX_ECHELON_PART_MESSAGE    ((size_t) -2)
+#define NGX_ECHELON_PART_CLOSING    ((size_t) -3)
+
+
 typedef struct {
     ngx_str_t                   name;
     size_t                      offset;
 } ngx_echelon_var_t;
+
+
+/* what the employee writes for an event, in each tone */
+
+typedef struct {
+    const char                 *event;
+    const char                 *subject[4];
+    const char                 *message[4];
+} ngx_echelon_words_t;
 
 
 typedef struct {
@@ -23,9 +39,14 @@ typedef struct {
 } ngx_echelon_currency_t;
 
 
-static ngx_int_t ngx_echelon_template_scan(ngx_str_t *tmpl, ngx_pool_t *pool,
-    ngx_echelon_vars_t *vars, ngx_str_t *out, ngx_str_t *unknown);
+static ngx_int_t ngx_echelon_expand(ngx_str_t *tmpl,
+    ngx_echelon_vars_t *vars, u_char **dst, size_t *len, ngx_uint_t depth,
+    ngx_str_t *unknown);
 static ngx_echelon_var_t *ngx_echelon_var_find(u_char *start, u_char *end);
+static ngx_int_t ngx_echelon_part(ngx_echelon_vars_t *vars, size_t part,
+    ngx_str_t *text);
+static ngx_uint_t ngx_echelon_tone_index(ngx_str_t *tone);
+static ngx_echelon_words_t *ngx_echelon_words_find(ngx_str_t *event);
 
 
 static ngx_echelon_var_t  ngx_echelon_vars[] = {
@@ -43,7 +64,116 @@ static ngx_echelon_var_t  ngx_echelon_vars[] = {
       offsetof(ngx_echelon_vars_t, employee_name) },
     { ngx_string("account.name"),
       offsetof(ngx_echelon_vars_t, account_name) },
+    { ngx_string("greeting"), NGX_ECHELON_PART_GREETING },
+    { ngx_string("message"), NGX_ECHELON_PART_MESSAGE },
+    { ngx_string("closing"), NGX_ECHELON_PART_CLOSING },
     { ngx_null_string, 0 }
+};
+
+
+/* friendly, professional, formal, firm */
+
+static const char  *ngx_echelon_greetings[] = {
+    "Hi {{contact.name}},",
+    "Hello {{contact.name}},",
+    "Dear {{contact.name}},",
+    "{{contact.name}},"
+};
+
+static const char  *ngx_echelon_closings[] = {
+    "Thanks so much!\n{{employee.name}}, {{account.name}}",
+    "Best regards,\n{{employee.name}}, {{account.name}}",
+    "Yours sincerely,\n{{employee.name}}\n{{account.name}}",
+    "Regards,\n{{employee.name}}, {{account.name}}"
+};
+
+static ngx_echelon_words_t  ngx_echelon_words[] = {
+
+    { "invoice.issued",
+      { "Your invoice {{invoice.number}} from {{account.name}}",
+        "Invoice {{invoice.number}} from {{account.name}}",
+        "Invoice {{invoice.number}} issued by {{account.name}}",
+        "Invoice {{invoice.number}}: payment due {{invoice.due_date}}" },
+      { "Here's your invoice {{invoice.number}} for {{invoice.amount}}, "
+        "due {{invoice.due_date}}. You can see it and pay it here: "
+        "{{invoice.url}}\n\nAny questions? Just reply, happy to help.",
+        "Please find invoice {{invoice.number}} for {{invoice.amount}}, "
+        "due {{invoice.due_date}}. You can view and pay it here: "
+        "{{invoice.url}}",
+        "We enclose invoice {{invoice.number}} in the amount of "
+        "{{invoice.amount}}, payable by {{invoice.due_date}}. It may be "
+        "viewed and settled at {{invoice.url}}",
+        "Invoice {{invoice.number}} for {{invoice.amount}} is due "
+        "{{invoice.due_date}}. Pay it by then: {{invoice.url}}" } },
+
+    { "invoice.overdue",
+      { "A friendly reminder about invoice {{invoice.number}}",
+        "Invoice {{invoice.number}} is past due",
+        "Notice of overdue invoice {{invoice.number}}",
+        "Overdue: invoice {{invoice.number}} is unpaid" },
+      { "Just a quick note: invoice {{invoice.number}} for "
+        "{{invoice.amount}} was due {{invoice.due_date}} and we haven't "
+        "seen the payment yet. If it slipped through, you can pay here: "
+        "{{invoice.url}}",
+        "Our records show invoice {{invoice.number}} for "
+        "{{invoice.amount}}, due {{invoice.due_date}}, is still unpaid. "
+        "Please arrange payment at {{invoice.url}}",
+        "We note that invoice {{invoice.number}} in the amount of "
+        "{{invoice.amount}}, due on {{invoice.due_date}}, remains "
+        "outstanding. We would be grateful for your prompt settlement at "
+        "{{invoice.url}}",
+        "Invoice {{invoice.number}} for {{invoice.amount}} was due "
+        "{{invoice.due_date}} and is unpaid. Pay it now: {{invoice.url}}" } },
+
+    { "invoice.unpaid_repeated",
+      { "Still open: invoice {{invoice.number}}",
+        "Second reminder: invoice {{invoice.number}}",
+        "Further notice regarding invoice {{invoice.number}}",
+        "Final reminder: invoice {{invoice.number}} is overdue" },
+      { "We're following up on invoice {{invoice.number}} for "
+        "{{invoice.amount}}, due {{invoice.due_date}}: it's still open. "
+        "If something is holding it up, reply and let us know. Pay here: "
+        "{{invoice.url}}",
+        "Invoice {{invoice.number}} for {{invoice.amount}}, due "
+        "{{invoice.due_date}}, remains unpaid despite our earlier "
+        "reminder. Please pay at {{invoice.url}} or contact us.",
+        "Further to our previous correspondence, invoice "
+        "{{invoice.number}} in the amount of {{invoice.amount}}, due on "
+        "{{invoice.due_date}}, remains unsettled. Kindly remit payment at "
+        "{{invoice.url}}",
+        "Invoice {{invoice.number}} for {{invoice.amount}} is still unpaid "
+        "after several reminders. Pay it immediately: {{invoice.url}}" } },
+
+    { "payment.received",
+      { "Thank you for your payment",
+        "Payment received for invoice {{invoice.number}}",
+        "Acknowledgement of payment: invoice {{invoice.number}}",
+        "Payment received: invoice {{invoice.number}}" },
+      { "Thank you! We've received your payment for invoice "
+        "{{invoice.number}}. We really appreciate it.",
+        "Thank you for your payment for invoice {{invoice.number}}. It "
+        "has been received.",
+        "We acknowledge with thanks receipt of your payment for invoice "
+        "{{invoice.number}}.",
+        "Your payment for invoice {{invoice.number}} has been received." } },
+
+    { "billing_details.updated",
+      { "Your billing details were updated",
+        "Your billing details have been updated",
+        "Confirmation of updated billing details",
+        "Billing details changed" },
+      { "Just letting you know your billing details with "
+        "{{account.name}} were updated. If that wasn't you, reply and "
+        "we'll sort it out.",
+        "Your billing details with {{account.name}} have been updated. If "
+        "you did not make this change, please contact us.",
+        "We write to confirm that your billing details with "
+        "{{account.name}} have been amended. Should you not have "
+        "requested this change, kindly inform us at once.",
+        "Your billing details with {{account.name}} changed. If you did "
+        "not make this change, contact us now." } },
+
+    { NULL, { NULL }, { NULL } }
 };
 
 
@@ -86,115 +216,230 @@ static ngx_echelon_currency_t  ngx_echelon_currencies[] = {
 ngx_int_t
 ngx_echelon_template_check(ngx_str_t *tmpl, ngx_str_t *unknown)
 {
-    return ngx_echelon_template_scan(tmpl, NULL, NULL, NULL, unknown);
+    size_t  len;
+
+    len = 0;
+
+    return ngx_echelon_expand(tmpl, NULL, NULL, &len, 0, unknown);
 }
 
+
+/*
+ * The text of a template with every variable in place: measured first,
+ * then written.  A part in the tone ({{greeting}}, {{message}},
+ * {{closing}}) is itself a template of the other variables.
+ */
 
 ngx_int_t
 ngx_echelon_render(ngx_pool_t *pool, ngx_str_t *tmpl,
     ngx_echelon_vars_t *vars, ngx_str_t *out)
 {
-    ngx_str_t  unknown;
+    u_char     *dst;
+    size_t      len;
+    ngx_str_t   unknown;
 
-    return ngx_echelon_template_scan(tmpl, pool, vars, out, &unknown);
-}
-
-
-/*
- * One pass over the template: measures and checks it when pool is NULL,
- * writes it out otherwise.  Text outside {{ }} is copied as it is.
- */
-
-static ngx_int_t
-ngx_echelon_template_scan(ngx_str_t *tmpl, ngx_pool_t *pool,
-    ngx_echelon_vars_t *vars, ngx_str_t *out, ngx_str_t *unknown)
-{
-    u_char             *p, *last, *open, *close, *name, *end, *dst;
-    size_t              len;
-    ngx_str_t          *value;
-    ngx_uint_t          pass;
-    ngx_echelon_var_t  *var;
-
-    dst = NULL;
     len = 0;
 
-    for (pass = 0; pass < 2; pass++) {
+    if (ngx_echelon_expand(tmpl, vars, NULL, &len, 0, &unknown) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
-        p = tmpl->data;
-        last = tmpl->data + tmpl->len;
+    out->data = ngx_pnalloc(pool, len + 1);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
 
-        while (p < last) {
-            open = ngx_strlcasestrn(p, last, (u_char *) "{{", 2 - 1);
+    dst = out->data;
 
-            if (open == NULL) {
-                open = last;
-            }
-
-            if (pass) {
-                dst = ngx_cpymem(dst, p, open - p);
-            } else {
-                len += open - p;
-            }
-
-            if (open == last) {
-                break;
-            }
-
-            close = ngx_strlcasestrn(open + 2, last, (u_char *) "}}", 2 - 1);
-
-            if (close == NULL) {
-                unknown->data = open;
-                unknown->len = last - open;
-                return NGX_DECLINED;
-            }
-
-            for (name = open + 2; name < close && *name == ' '; name++) {
-                /* void */
-            }
-
-            for (end = close; end > name && end[-1] == ' '; end--) {
-                /* void */
-            }
-
-            var = ngx_echelon_var_find(name, end);
-
-            if (var == NULL) {
-                unknown->data = name;
-                unknown->len = end - name;
-                return NGX_DECLINED;
-            }
-
-            if (vars) {
-                value = (ngx_str_t *) ((u_char *) vars + var->offset);
-
-                if (pass) {
-                    dst = ngx_cpymem(dst, value->data, value->len);
-                } else {
-                    len += value->len;
-                }
-            }
-
-            p = close + 2;
-        }
-
-        if (pool == NULL) {
-            return NGX_OK;
-        }
-
-        if (pass == 0) {
-            dst = ngx_pnalloc(pool, len + 1);
-            if (dst == NULL) {
-                return NGX_ERROR;
-            }
-
-            out->data = dst;
-        }
+    if (ngx_echelon_expand(tmpl, vars, &dst, &len, 0, &unknown) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     *dst = '\0';
     out->len = dst - out->data;
 
     return NGX_OK;
+}
+
+
+/* the standard subject of an event, in the employee's tone */
+
+ngx_int_t
+ngx_echelon_render_subject(ngx_pool_t *pool, ngx_echelon_vars_t *vars,
+    ngx_str_t *out)
+{
+    ngx_str_t             tmpl;
+    ngx_echelon_words_t  *w;
+
+    w = ngx_echelon_words_find(&vars->event);
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    tmpl.data = (u_char *) w->subject[ngx_echelon_tone_index(&vars->tone)];
+    tmpl.len = ngx_strlen(tmpl.data);
+
+    return ngx_echelon_render(pool, &tmpl, vars, out);
+}
+
+
+/*
+ * Text outside {{ }} is copied as it is.  With dst NULL, only *len grows;
+ * with vars NULL, only the names are checked.
+ */
+
+static ngx_int_t
+ngx_echelon_expand(ngx_str_t *tmpl, ngx_echelon_vars_t *vars, u_char **dst,
+    size_t *len, ngx_uint_t depth, ngx_str_t *unknown)
+{
+    u_char             *p, *last, *open, *close, *name, *end;
+    ngx_str_t          *value, part;
+    ngx_echelon_var_t  *var;
+
+    p = tmpl->data;
+    last = tmpl->data + tmpl->len;
+
+    while (p < last) {
+        open = ngx_strlcasestrn(p, last, (u_char *) "{{", 2 - 1);
+
+        if (open == NULL) {
+            open = last;
+        }
+
+        if (dst) {
+            *dst = ngx_cpymem(*dst, p, open - p);
+        } else {
+            *len += open - p;
+        }
+
+        if (open == last) {
+            break;
+        }
+
+        close = ngx_strlcasestrn(open + 2, last, (u_char *) "}}", 2 - 1);
+
+        if (close == NULL) {
+            unknown->data = open;
+            unknown->len = last - open;
+            return NGX_DECLINED;
+        }
+
+        for (name = open + 2; name < close && *name == ' '; name++) {
+            /* void */
+        }
+
+        for (end = close; end > name && end[-1] == ' '; end--) {
+            /* void */
+        }
+
+        var = ngx_echelon_var_find(name, end);
+
+        if (var == NULL || (depth && var->offset >= NGX_ECHELON_PART_CLOSING))
+        {
+            unknown->data = name;
+            unknown->len = end - name;
+            return NGX_DECLINED;
+        }
+
+        p = close + 2;
+
+        if (vars == NULL) {
+            continue;
+        }
+
+        if (var->offset >= NGX_ECHELON_PART_CLOSING) {
+            if (ngx_echelon_part(vars, var->offset, &part) != NGX_OK
+                || ngx_echelon_expand(&part, vars, dst, len, depth + 1,
+                                      unknown)
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        value = (ngx_str_t *) ((u_char *) vars + var->offset);
+
+        if (dst) {
+            *dst = ngx_cpymem(*dst, value->data, value->len);
+        } else {
+            *len += value->len;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_echelon_part(ngx_echelon_vars_t *vars, size_t part, ngx_str_t *text)
+{
+    ngx_uint_t            tone;
+    const char           *s;
+    ngx_echelon_words_t  *w;
+
+    tone = ngx_echelon_tone_index(&vars->tone);
+
+    switch (part) {
+
+    case NGX_ECHELON_PART_GREETING:
+        s = ngx_echelon_greetings[tone];
+        break;
+
+    case NGX_ECHELON_PART_CLOSING:
+        s = ngx_echelon_closings[tone];
+        break;
+
+    default:
+        w = ngx_echelon_words_find(&vars->event);
+        if (w == NULL) {
+            return NGX_ERROR;
+        }
+
+        s = w->message[tone];
+    }
+
+    text->data = (u_char *) s;
+    text->len = ngx_strlen(s);
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_echelon_tone_index(ngx_str_t *tone)
+{
+    static const char  *tones[] = { "friendly", "professional", "formal",
+                                    "firm" };
+    ngx_uint_t          i;
+
+    for (i = 0; i < 4; i++) {
+        if (tone->len == ngx_strlen(tones[i])
+            && ngx_strncmp(tone->data, tones[i], tone->len) == 0)
+        {
+            return i;
+        }
+    }
+
+    return 1;
+}
+
+
+static ngx_echelon_words_t *
+ngx_echelon_words_find(ngx_str_t *event)
+{
+    ngx_echelon_words_t  *w;
+
+    for (w = ngx_echelon_words; w->event; w++) {
+        if (event->len == ngx_strlen(w->event)
+            && ngx_strncmp(event->data, w->event, event->len) == 0)
+        {
+            return w;
+        }
+    }
+
+    return NULL;
 }
 
 

@@ -360,7 +360,7 @@ static ngx_int_t
 ngx_echelon_job_check(ngx_echelon_job_t *job, PGresult *res, int row,
     ngx_str_t *channel)
 {
-    ngx_str_t  v;
+    ngx_str_t  v, event;
 
     v = ngx_echelon_pg_value(res, row, "trigger_deleted");
     if (ngx_echelon_is(&v, "t")) {
@@ -376,15 +376,25 @@ ngx_echelon_job_check(ngx_echelon_job_t *job, PGresult *res, int row,
         return NGX_DECLINED;
     }
 
+    /* reminders go out only while the invoice is unpaid */
+
     v = ngx_echelon_pg_value(res, row, "unless_paid");
-    if (ngx_echelon_is(&v, "t")) {
+    event = ngx_echelon_pg_value(res, row, "event");
+
+    if (ngx_echelon_is(&v, "t") || ngx_echelon_is(&event, "invoice.overdue")
+        || ngx_echelon_is(&event, "invoice.unpaid_repeated"))
+    {
         v = ngx_echelon_pg_value(res, row, "invoice_status");
 
-        if (ngx_echelon_is(&v, "paid") || ngx_echelon_is(&v, "void")) {
+        if (ngx_echelon_is(&v, "paid") || ngx_echelon_is(&v, "void")
+            || ngx_echelon_is(&v, "uncollectible"))
+        {
             ngx_echelon_job_end(job, "cancelled", NULL,
                                 ngx_echelon_is(&v, "paid")
                                 ? "the invoice is paid"
-                                : "the invoice is void");
+                                : ngx_echelon_is(&v, "void")
+                                ? "the invoice is void"
+                                : "the invoice is uncollectible");
             return NGX_DECLINED;
         }
     }
@@ -422,6 +432,7 @@ ngx_echelon_job_render(ngx_echelon_job_t *job, PGresult *res, int row,
     ngx_echelon_mail_t *mail)
 {
     int64_t              amount;
+    ngx_int_t            rc;
     ngx_str_t            v, currency, tmpl;
     ngx_echelon_vars_t   vars;
 
@@ -442,6 +453,9 @@ ngx_echelon_job_render(ngx_echelon_job_t *job, PGresult *res, int row,
         ngx_str_set(&vars.invoice_due_date, "on receipt");
     }
 
+    vars.event = ngx_echelon_pg_value(res, row, "event");
+    vars.tone = ngx_echelon_pg_value(res, row, "tone");
+
     v = ngx_echelon_pg_value(res, row, "amount_due");
     currency = ngx_echelon_pg_value(res, row, "currency");
 
@@ -460,14 +474,23 @@ ngx_echelon_job_render(ngx_echelon_job_t *job, PGresult *res, int row,
         }
     }
 
+    /* what the template leaves out, the employee writes in its tone */
+
     tmpl = ngx_echelon_pg_value(res, row, "template_subject");
 
-    if (ngx_echelon_render(job->pool, &tmpl, &vars, &job->subject) != NGX_OK)
-    {
+    rc = tmpl.data ? ngx_echelon_render(job->pool, &tmpl, &vars,
+                                        &job->subject)
+                   : ngx_echelon_render_subject(job->pool, &vars,
+                                                &job->subject);
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 
     tmpl = ngx_echelon_pg_value(res, row, "template_body");
+
+    if (tmpl.data == NULL) {
+        ngx_str_set(&tmpl, "{{greeting}}\n\n{{message}}\n\n{{closing}}");
+    }
 
     if (ngx_echelon_render(job->pool, &tmpl, &vars, &job->body) != NGX_OK) {
         return NGX_ERROR;

@@ -268,8 +268,426 @@
 "INSERT INTO echelon_schema (version) VALUES (1);"
 
 
+/*
+ * version 2: every trigger.  Time-based deliveries are created ahead with
+ * their due_at; closing an invoice cancels what is pending for it, a new
+ * due date moves it.  Stripe events carry their creation time as a
+ * version: an older event never moves an invoice or a contact backwards.
+ */
+
+#define NGX_ECHELON_SCHEMA_2                                                 \
+"ALTER TABLE deliveries ADD COLUMN seq integer NOT NULL DEFAULT 0;"          \
+"ALTER TABLE triggers ALTER COLUMN body DROP NOT NULL;"                      \
+"ALTER TABLE contacts ADD COLUMN address jsonb;"                             \
+"ALTER TABLE invoices ADD COLUMN payment_failures integer NOT NULL"          \
+"  DEFAULT 0;"                                                               \
+"CREATE INDEX deliveries_invoice ON deliveries (invoice_id)"                 \
+"  WHERE status = 'scheduled';"                                              \
+                                                                             \
+"CREATE TABLE payments ("                                                    \
+"  id text PRIMARY KEY DEFAULT echelon_id('pay'),"                           \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  invoice_id text NOT NULL REFERENCES invoices ON DELETE CASCADE,"          \
+"  amount bigint NOT NULL,"                                                  \
+"  currency text NOT NULL,"                                                  \
+"  external_id text,"                                                        \
+"  created_at timestamptz NOT NULL DEFAULT clock_timestamp(),"               \
+"  UNIQUE (account_id, external_id));"                                       \
+                                                                             \
+"CREATE TABLE idempotency_keys ("                                            \
+"  account_id text NOT NULL,"                                                \
+"  key text NOT NULL,"                                                       \
+"  request_hash text NOT NULL,"                                              \
+"  status integer,"                                                          \
+"  response text,"                                                           \
+"  created_at timestamptz NOT NULL DEFAULT now(),"                           \
+"  PRIMARY KEY (account_id, key));"                                          \
+                                                                             \
+"CREATE FUNCTION echelon_due(t triggers, p_due timestamptz, p_seq integer)"  \
+"  RETURNS timestamptz LANGUAGE sql IMMUTABLE AS $$"                         \
+"  SELECT p_due + make_interval(days => coalesce(t.every_days, 0) * p_seq)"  \
+"               + make_interval(secs => t.delay_seconds) $$;"                \
+                                                                             \
+"CREATE FUNCTION echelon_schedule_unpaid(p_invoice text) RETURNS integer "   \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE i invoices; n integer; "                                            \
+"BEGIN "                                                                     \
+"  SELECT * INTO i FROM invoices WHERE id = p_invoice; "                     \
+"  IF i.due_at IS NULL OR i.status <> 'open' THEN RETURN 0; END IF; "        \
+"  INSERT INTO deliveries (account_id, employee_id, trigger_id, event,"      \
+"                          channel, contact_id, invoice_id, occurrence,"     \
+"                          seq, due_at)"                                     \
+"  SELECT t.account_id, t.employee_id, t.id, t.event, t.channel,"            \
+"         i.contact_id, i.id, i.id || '#' || s, s,"                          \
+"         echelon_due(t, i.due_at, s)"                                       \
+"    FROM triggers t JOIN employees e ON e.id = t.employee_id"               \
+"    CROSS JOIN LATERAL generate_series("                                    \
+"      CASE t.event WHEN 'invoice.overdue' THEN 0 ELSE 1 END,"               \
+"      CASE t.event WHEN 'invoice.overdue' THEN 0"                           \
+"                   ELSE coalesce(t.max_times, 0) END) s"                    \
+"   WHERE t.account_id = i.account_id AND t.deleted_at IS NULL"              \
+"     AND e.deleted_at IS NULL"                                              \
+"     AND t.event IN ('invoice.overdue', 'invoice.unpaid_repeated')"         \
+"  ON CONFLICT (trigger_id, occurrence) DO NOTHING; "                        \
+"  GET DIAGNOSTICS n = ROW_COUNT; "                                          \
+"  RETURN n; "                                                               \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE FUNCTION echelon_move_unpaid(p_invoice text) RETURNS void "          \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE i invoices; "                                                       \
+"BEGIN "                                                                     \
+"  SELECT * INTO i FROM invoices WHERE id = p_invoice; "                     \
+"  IF i.due_at IS NULL THEN "                                                \
+"    PERFORM echelon_cancel(p_invoice, 'unpaid',"                            \
+"                           'the invoice no longer has a due date'); "       \
+"    RETURN; "                                                               \
+"  END IF; "                                                                 \
+"  UPDATE deliveries d SET due_at = echelon_due(t, i.due_at, d.seq),"        \
+"         updated_at = now()"                                                \
+"    FROM triggers t"                                                        \
+"   WHERE t.id = d.trigger_id AND d.invoice_id = p_invoice"                  \
+"     AND d.status = 'scheduled'"                                            \
+"     AND d.event IN ('invoice.overdue', 'invoice.unpaid_repeated'); "       \
+"  PERFORM echelon_schedule_unpaid(p_invoice); "                             \
+"END $fn$;"                                                                  \
+                                                                             \
+/* what: 'unpaid' (reminders and unless-paid), 'all' but confirmations */    \
+"CREATE FUNCTION echelon_cancel(p_invoice text, p_what text,"                \
+"    p_reason text) RETURNS integer "                                        \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE n integer; "                                                        \
+"BEGIN "                                                                     \
+"  UPDATE deliveries d SET status = 'cancelled', reason = p_reason,"         \
+"         updated_at = now()"                                                \
+"    FROM triggers t"                                                        \
+"   WHERE t.id = d.trigger_id AND d.invoice_id = p_invoice"                  \
+"     AND d.status = 'scheduled'"                                            \
+"     AND d.event <> 'payment.received'"                                     \
+"     AND (p_what = 'all' OR t.unless_paid"                                  \
+"          OR d.event IN ('invoice.overdue', 'invoice.unpaid_repeated')); "  \
+"  GET DIAGNOSTICS n = ROW_COUNT; "                                          \
+"  RETURN n; "                                                               \
+"END $fn$;"                                                                  \
+                                                                             \
+/* an invoice issued: its messages now, its reminders ahead */               \
+"CREATE FUNCTION echelon_invoice_issued(p_invoice text) RETURNS void "       \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE i invoices; "                                                       \
+"BEGIN "                                                                     \
+"  SELECT * INTO i FROM invoices WHERE id = p_invoice; "                     \
+"  PERFORM echelon_fanout(i.account_id, 'invoice.issued', i.contact_id,"     \
+"                         i.id, i.id); "                                     \
+"  IF i.status IN ('paid', 'void', 'uncollectible') THEN "                   \
+"    PERFORM echelon_cancel(i.id, 'unpaid', 'the invoice is ' || i.status);" \
+"  ELSE "                                                                    \
+"    PERFORM echelon_schedule_unpaid(i.id); "                                \
+"  END IF; "                                                                 \
+"END $fn$;"                                                                  \
+                                                                             \
+/* a payment recorded: the invoice paid in full closes */                    \
+"CREATE FUNCTION echelon_payment(p_account text, p_invoice text,"            \
+"    p_amount bigint, p_external text, OUT payment_id text,"                 \
+"    OUT invoice_status text, OUT amount_paid bigint) "                      \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE i invoices; "                                                       \
+"BEGIN "                                                                     \
+"  SELECT * INTO i FROM invoices WHERE id = p_invoice FOR UPDATE; "          \
+"  INSERT INTO payments (account_id, invoice_id, amount, currency,"          \
+"                        external_id)"                                       \
+"  VALUES (p_account, p_invoice, p_amount, i.currency, p_external)"          \
+"  RETURNING id INTO payment_id; "                                           \
+"  UPDATE invoices u SET amount_paid = u.amount_paid + p_amount,"            \
+"         status = CASE WHEN u.amount_paid + p_amount >= u.amount_due"       \
+"                       THEN 'paid' ELSE u.status END,"                      \
+"         updated_at = clock_timestamp()"                                    \
+"   WHERE u.id = p_invoice RETURNING * INTO i; "                             \
+"  IF i.status = 'paid' THEN "                                               \
+"    PERFORM echelon_cancel(i.id, 'unpaid', 'the invoice was paid'); "       \
+"  END IF; "                                                                 \
+"  PERFORM echelon_fanout(p_account, 'payment.received', i.contact_id,"      \
+"                         i.id, 'payment:' || payment_id); "                 \
+"  invoice_status := i.status; "                                             \
+"  amount_paid := i.amount_paid; "                                           \
+"END $fn$;"                                                                  \
+                                                                             \
+/* a contact's billing details changed: name, email, phone or address */     \
+"CREATE FUNCTION echelon_details_changed(p_account text, p_contact text,"    \
+"    p_change text) RETURNS integer "                                        \
+"LANGUAGE sql AS $$ "                                                        \
+"  SELECT echelon_fanout(p_account, 'billing_details.updated', p_contact,"   \
+"                        NULL, 'contact:' || p_contact || ':' || p_change)"  \
+"$$;"                                                                        \
+                                                                             \
+"DROP FUNCTION echelon_stripe_invoice(text, jsonb, bigint);"                 \
+                                                                             \
+/* Stripe's text, or NULL when it is no email address we would send to */    \
+"CREATE FUNCTION echelon_email(t text) RETURNS text "                        \
+"LANGUAGE sql IMMUTABLE AS $$ "                                              \
+"  SELECT CASE WHEN t ~ ('^[^@\\s<>(),;:\"]+@[^@\\s<>(),;:\"]+'"              \
+"                        || '\\.[^@\\s<>(),;:\"]+$')"                          \
+"               AND length(t) <= 320 THEN t END $$;"                         \
+                                                                             \
+"CREATE FUNCTION echelon_stripe_invoice(p_account text, o jsonb,"            \
+"    p_version bigint, p_status text, OUT contact_id text,"                  \
+"    OUT invoice_id text, OUT moved boolean, OUT status text) "              \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE customer text; old_due timestamptz; new_due timestamptz; "          \
+"        newer boolean; cur text; amount bigint; "                           \
+"BEGIN "                                                                     \
+"  customer := CASE jsonb_typeof(o->'customer')"                             \
+"                WHEN 'object' THEN o->'customer'->>'id'"                    \
+"                ELSE o->>'customer' END; "                                  \
+"  IF customer IS NULL THEN "                                                \
+"    customer := 'invoice:' || (o->>'id'); "                                 \
+"  END IF; "                                                                 \
+"  cur := lower(o->>'currency'); "                                           \
+"  amount := (o->>'amount_due')::bigint; "                                   \
+"  IF cur IS NULL OR cur !~ '^[a-z]{3}$' OR amount IS NULL OR amount < 0"    \
+"     OR length(o->>'id') > 255 OR length(customer) > 255"                   \
+"     OR length(o->>'number') > 255"                                         \
+"     OR length(o->>'hosted_invoice_url') > 2048 THEN "                      \
+"    RAISE EXCEPTION 'the invoice lacks an amount or a currency, or has "    \
+"fields out of range' USING ERRCODE = '22023'; "                             \
+"  END IF; "                                                                 \
+"  INSERT INTO contacts AS c (account_id, external_id, name, email,"         \
+"                             source_version)"                               \
+"  VALUES (p_account, customer, left(o->>'customer_name', 200),"             \
+"          echelon_email(o->>'customer_email'), 0)"                          \
+"  ON CONFLICT (account_id, external_id) DO UPDATE"                          \
+"     SET name = coalesce(c.name, EXCLUDED.name),"                           \
+"         email = coalesce(c.email, EXCLUDED.email)"                         \
+"  RETURNING c.id INTO contact_id; "                                         \
+"  new_due := to_timestamp((o->>'due_date')::bigint); "                      \
+"  SELECT i.id, i.due_at, p_version >= i.source_version"                     \
+"    INTO invoice_id, old_due, newer"                                        \
+"    FROM invoices i"                                                        \
+"   WHERE i.account_id = p_account AND i.external_id = o->>'id'"             \
+"   FOR UPDATE; "                                                            \
+"  IF invoice_id IS NULL THEN "                                              \
+"    INSERT INTO invoices (account_id, contact_id, external_id, number,"     \
+"        amount_due, amount_paid, currency, due_at, url, status,"            \
+"        source_version)"                                                    \
+"    VALUES (p_account, contact_id, o->>'id', o->>'number', amount,"         \
+"        greatest(coalesce((o->>'amount_paid')::bigint, 0), 0), cur,"        \
+"        new_due, o->>'hosted_invoice_url', p_status, p_version)"            \
+"    RETURNING id INTO invoice_id; "                                         \
+"    moved := false; "                                                       \
+"    status := p_status; "                                                   \
+"    RETURN; "                                                               \
+"  END IF; "                                                                 \
+/* an older event moves nothing but a status forward */                      \
+"  UPDATE invoices i SET"                                                    \
+"         number = CASE WHEN newer"                                          \
+"           THEN coalesce(o->>'number', i.number) ELSE i.number END,"        \
+"         url = CASE WHEN newer"                                             \
+"           THEN coalesce(o->>'hosted_invoice_url', i.url) ELSE i.url END,"  \
+"         amount_due = CASE WHEN newer THEN amount ELSE i.amount_due END,"   \
+"         currency = CASE WHEN newer THEN cur ELSE i.currency END,"          \
+"         amount_paid = greatest(i.amount_paid,"                             \
+"           coalesce((o->>'amount_paid')::bigint, 0)),"                      \
+"         due_at = CASE WHEN newer THEN new_due ELSE i.due_at END,"          \
+"         status = CASE"                                                     \
+"           WHEN i.status = 'paid' THEN i.status"                            \
+"           WHEN i.status = 'void' THEN i.status"                            \
+"           WHEN p_status = 'open' AND i.status <> 'draft' THEN i.status"    \
+"           ELSE p_status END,"                                              \
+"         source_version = greatest(i.source_version, p_version),"           \
+"         updated_at = clock_timestamp()"                                    \
+"   WHERE i.id = invoice_id RETURNING i.status INTO status; "               \
+"  moved := newer AND old_due IS DISTINCT FROM new_due; "                    \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE FUNCTION echelon_stripe_customer(p_account text, o jsonb,"           \
+"    prev jsonb, p_version bigint, p_event text) RETURNS void "              \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE c contacts; addr jsonb; "                                           \
+"BEGIN "                                                                     \
+"  IF jsonb_typeof(o) IS DISTINCT FROM 'object' OR o->>'id' IS NULL"        \
+"     OR length(o->>'id') > 255 THEN "                                       \
+"    RAISE EXCEPTION 'event data.object is not a customer'"                  \
+"      USING ERRCODE = '22023'; "                                            \
+"  END IF; "                                                                 \
+"  addr := CASE WHEN jsonb_typeof(o->'address') = 'object'"                  \
+"               THEN o->'address' END; "                                     \
+"  SELECT * INTO c FROM contacts"                                            \
+"   WHERE account_id = p_account AND external_id = o->>'id' FOR UPDATE; "    \
+"  IF c.id IS NULL THEN "                                                    \
+"    INSERT INTO contacts (account_id, external_id, name, email, phone,"     \
+"                          address, source_version)"                         \
+"    VALUES (p_account, o->>'id', o->>'name', o->>'email', o->>'phone',"     \
+"            addr, p_version); "                                             \
+"    RETURN; "                                                               \
+"  END IF; "                                                                 \
+"  IF p_version < c.source_version THEN RETURN; END IF; "                    \
+"  UPDATE contacts SET name = left(o->>'name', 200),"                        \
+"         email = echelon_email(o->>'email'),"                               \
+"         phone = left(o->>'phone', 32), address = addr,"                    \
+"         source_version = p_version, updated_at = clock_timestamp()"        \
+"   WHERE id = c.id; "                                                       \
+"  IF jsonb_typeof(prev) = 'object'"                                         \
+"     AND prev ?| ARRAY['name', 'email', 'phone', 'address'] THEN "          \
+"    PERFORM echelon_details_changed(p_account, c.id, p_event); "            \
+"  END IF; "                                                                 \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE OR REPLACE FUNCTION echelon_stripe_event(p_account text,"            \
+"    p_event jsonb) RETURNS text "                                           \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE "                                                                   \
+"  v_type text := p_event->>'type'; "                                        \
+"  v_created bigint := coalesce((p_event->>'created')::bigint, 0); "         \
+"  o jsonb := p_event->'data'->'object'; "                                   \
+"  v_outcome text := 'processed'; "                                          \
+"  r record; pay text; "                                                     \
+"BEGIN "                                                                     \
+"  IF v_type NOT IN ('invoice.finalized', 'invoice.sent', 'invoice.updated',"\
+"      'invoice.overdue', 'invoice.payment_failed', 'invoice.paid',"         \
+"      'invoice.voided', 'invoice.marked_uncollectible',"                    \
+"      'customer.updated') THEN "                                            \
+"    v_outcome := 'ignored'; "                                               \
+"  ELSIF v_type LIKE 'invoice.%'"                                            \
+"        AND (jsonb_typeof(o) IS DISTINCT FROM 'object'"                     \
+"             OR o->>'id' IS NULL) THEN "                                    \
+"    RAISE EXCEPTION 'event data.object is not an invoice'"                  \
+"      USING ERRCODE = '22023'; "                                            \
+"  END IF; "                                                                 \
+"  IF length(p_event->>'id') NOT BETWEEN 1 AND 255"                          \
+"     OR length(v_type) > 255 THEN "                                         \
+"    RAISE EXCEPTION 'the event id is empty or too long'"                    \
+"      USING ERRCODE = '22023'; "                                            \
+"  END IF; "                                                                 \
+"  INSERT INTO events (account_id, source, event_id, type, created, outcome)"\
+"  VALUES (p_account, 'stripe', p_event->>'id', v_type, v_created,"          \
+"          v_outcome)"                                                       \
+"  ON CONFLICT DO NOTHING; "                                                 \
+"  IF NOT FOUND THEN RETURN 'duplicate'; END IF; "                           \
+"  IF v_outcome = 'ignored' THEN RETURN v_outcome; END IF; "                 \
+"  IF v_type = 'customer.updated' THEN "                                     \
+"    PERFORM echelon_stripe_customer(p_account, o,"                          \
+"        p_event->'data'->'previous_attributes', v_created,"                 \
+"        p_event->>'id'); "                                                  \
+"    RETURN v_outcome; "                                                     \
+"  END IF; "                                                                 \
+"  r := echelon_stripe_invoice(p_account, o, v_created,"                     \
+"         CASE v_type WHEN 'invoice.paid' THEN 'paid'"                       \
+"                     WHEN 'invoice.voided' THEN 'void'"                     \
+"                     WHEN 'invoice.marked_uncollectible'"                   \
+"                          THEN 'uncollectible'"                             \
+"                     ELSE 'open' END); "                                    \
+"  IF r.moved AND r.status = 'open' THEN "                                   \
+"    PERFORM echelon_move_unpaid(r.invoice_id); "                            \
+"  END IF; "                                                                 \
+"  IF v_type IN ('invoice.finalized', 'invoice.sent') THEN "                 \
+"    PERFORM echelon_invoice_issued(r.invoice_id); "                         \
+"  ELSIF v_type = 'invoice.overdue' THEN "                                   \
+"    PERFORM echelon_schedule_unpaid(r.invoice_id); "                        \
+"  ELSIF v_type = 'invoice.payment_failed' THEN "                            \
+"    UPDATE invoices SET payment_failures = payment_failures + 1"            \
+"     WHERE id = r.invoice_id; "                                             \
+"  ELSIF v_type = 'invoice.paid' AND r.status = 'paid' THEN "                \
+"    INSERT INTO payments (account_id, invoice_id, amount, currency,"        \
+"                          external_id)"                                     \
+"    SELECT p_account, i.id, i.amount_paid, i.currency,"                     \
+"           'stripe:' || i.external_id || ':paid'"                           \
+"      FROM invoices i WHERE i.id = r.invoice_id"                            \
+"    ON CONFLICT (account_id, external_id) DO NOTHING"                       \
+"    RETURNING id INTO pay; "                                                \
+"    PERFORM echelon_cancel(r.invoice_id, 'unpaid',"                         \
+"                           'the invoice was paid'); "                       \
+"    IF pay IS NOT NULL THEN "                                               \
+"      PERFORM echelon_fanout(p_account, 'payment.received', r.contact_id,"  \
+"                             r.invoice_id, 'payment:' || pay); "            \
+"    END IF; "                                                               \
+"  ELSIF v_type = 'invoice.voided' AND r.status = 'void' THEN "              \
+"    PERFORM echelon_cancel(r.invoice_id, 'all',"                            \
+"                           'the invoice was voided'); "                     \
+"  ELSIF v_type = 'invoice.marked_uncollectible'"                            \
+"        AND r.status = 'uncollectible' THEN "                               \
+"    PERFORM echelon_cancel(r.invoice_id, 'unpaid',"                         \
+"                           'the invoice was marked uncollectible'); "       \
+"  END IF; "                                                                 \
+"  RETURN v_outcome; "                                                       \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE FUNCTION echelon_invoice_create(p_account text, p_contact text,"     \
+"    p_number text, p_amount bigint, p_currency text, p_due timestamptz,"    \
+"    p_url text, p_external text) RETURNS SETOF invoices "                   \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE i invoices; "                                                       \
+"BEGIN "                                                                     \
+"  INSERT INTO invoices (account_id, contact_id, number, amount_due,"        \
+"                        currency, due_at, url, external_id)"                \
+"  SELECT p_account, c.id, p_number, p_amount, p_currency, p_due, p_url,"    \
+"         p_external"                                                        \
+"    FROM contacts c WHERE c.account_id = p_account AND c.id = p_contact"    \
+"  RETURNING * INTO i; "                                                     \
+"  IF i.id IS NULL THEN RETURN; END IF; "                                    \
+"  PERFORM echelon_invoice_issued(i.id); "                                   \
+"  RETURN NEXT i; "                                                          \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE FUNCTION echelon_invoice_void(p_account text, p_invoice text)"       \
+"    RETURNS SETOF invoices "                                                \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE i invoices; "                                                       \
+"BEGIN "                                                                     \
+"  UPDATE invoices SET status = 'void', updated_at = clock_timestamp()"      \
+"   WHERE account_id = p_account AND id = p_invoice"                         \
+"     AND status IN ('draft', 'open', 'uncollectible')"                      \
+"  RETURNING * INTO i; "                                                     \
+"  IF i.id IS NULL THEN "                                                    \
+"    RETURN QUERY SELECT * FROM invoices"                                    \
+"                  WHERE account_id = p_account AND id = p_invoice; "        \
+"    RETURN; "                                                               \
+"  END IF; "                                                                 \
+"  PERFORM echelon_cancel(i.id, 'all', 'the invoice was voided'); "          \
+"  RETURN NEXT i; "                                                          \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE FUNCTION echelon_contact_patch(p_account text, p_contact text,"      \
+"    p jsonb, OUT c contacts, OUT changed boolean) "                         \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE old contacts; "                                                     \
+"BEGIN "                                                                     \
+"  SELECT * INTO old FROM contacts"                                          \
+"   WHERE account_id = p_account AND id = p_contact FOR UPDATE; "            \
+"  IF old.id IS NULL THEN RETURN; END IF; "                                  \
+"  IF p ? 'timezone' AND NOT EXISTS (SELECT 1 FROM pg_timezone_names"        \
+"                                    WHERE name = p->>'timezone') THEN "     \
+"    RAISE EXCEPTION 'unknown time zone' USING ERRCODE = '22023'; "          \
+"  END IF; "                                                                 \
+"  UPDATE contacts SET"                                                      \
+"         name = CASE WHEN p ? 'name' THEN p->>'name' ELSE name END,"        \
+"         email = CASE WHEN p ? 'email' THEN p->>'email' ELSE email END,"    \
+"         phone = CASE WHEN p ? 'phone' THEN p->>'phone' ELSE phone END,"    \
+"         whatsapp = CASE WHEN p ? 'whatsapp' THEN p->>'whatsapp'"           \
+"                         ELSE whatsapp END,"                                \
+"         address = CASE WHEN p ? 'address' THEN"                            \
+"                     CASE WHEN jsonb_typeof(p->'address') = 'null'"         \
+"                          THEN NULL ELSE p->'address' END"                  \
+"                   ELSE address END,"                                       \
+"         timezone = coalesce(p->>'timezone', timezone),"                    \
+"         locale = CASE WHEN p ? 'locale' THEN p->>'locale'"                 \
+"                       ELSE locale END,"                                    \
+"         updated_at = clock_timestamp()"                                    \
+"   WHERE id = old.id RETURNING * INTO c; "                                  \
+"  changed := (c.name, c.email, c.phone, c.address)"                         \
+"              IS DISTINCT FROM (old.name, old.email, old.phone,"            \
+"                                old.address); "                             \
+"  IF changed THEN "                                                         \
+"    PERFORM echelon_details_changed(p_account, c.id,"                       \
+"        (extract(epoch FROM c.updated_at) * 1000000)::bigint::text); "      \
+"  END IF; "                                                                 \
+"END $fn$;"                                                                  \
+                                                                             \
+"INSERT INTO echelon_schema (version) VALUES (2);"
+
+
+
 ngx_echelon_migration_t  ngx_echelon_migrations[] = {
     { 1, NGX_ECHELON_SCHEMA_1 NGX_ECHELON_SCHEMA_1_FUNCTIONS },
+    { 2, NGX_ECHELON_SCHEMA_2 },
     { 0, NULL }
 };
 
@@ -278,7 +696,8 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
 
     /* NGX_ECHELON_SQL_AUTH: $1 api key hash */
     { "echelon_auth",
-      "SELECT id, name, plan FROM accounts WHERE api_key_hash = $1", 1 },
+      "SELECT id, name, plan, echelon_time(created_at) AS created_at "
+      "FROM accounts WHERE api_key_hash = $1", 1 },
 
     /* NGX_ECHELON_SQL_ACCOUNT_CREATE: $1 name, $2 plan, $3 key hash */
     { "echelon_account_create",
@@ -453,6 +872,188 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
       "         AS attempt_history "
       "  FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
       " WHERE d.account_id = $1 AND d.id = $2", 2 },
+
+    /* NGX_ECHELON_SQL_ACCOUNT_PLAN: $1 account, $2 plan */
+    { "echelon_account_plan",
+      "UPDATE accounts SET plan = $2 WHERE id = $1 "
+      "RETURNING id, name, plan, echelon_time(created_at) AS created_at", 2 },
+
+    /*
+     * NGX_ECHELON_SQL_EMPLOYEE_PATCH: $1 account, $2 employee, $3 name,
+     * $4 tone, $5 JSON array of channels, $6 enabled; NULL keeps a field
+     */
+    { "echelon_employee_patch",
+      "WITH missing AS ("
+      "  SELECT ch FROM jsonb_array_elements_text(coalesce($5::jsonb,"
+      "                 '[]')) ch"
+      "   WHERE ch <> 'email' AND NOT EXISTS ("
+      "     SELECT 1 FROM channels WHERE account_id = $1 AND kind = ch)"
+      "   LIMIT 1), "
+      "upd AS ("
+      "  UPDATE employees SET name = coalesce($3, name),"
+      "         tone = coalesce($4, tone),"
+      "         channels = CASE WHEN $5::jsonb IS NULL THEN channels ELSE"
+      "           ARRAY(SELECT jsonb_array_elements_text($5::jsonb)) END,"
+      "         enabled = coalesce($6::boolean, enabled)"
+      "   WHERE account_id = $1 AND id = $2 AND deleted_at IS NULL"
+      "     AND NOT EXISTS (SELECT 1 FROM missing)"
+      "  RETURNING *) "
+      "SELECT (SELECT ch FROM missing) AS missing_channel,"
+      "       (SELECT count(*) FROM employees WHERE account_id = $1"
+      "           AND id = $2 AND deleted_at IS NULL) AS employees,"
+      "       upd.id, upd.name, upd.role, upd.tone,"
+      "       array_to_json(upd.channels) AS channels, upd.enabled,"
+      "       echelon_time(upd.created_at) AS created_at "
+      "  FROM (SELECT 1) one LEFT JOIN upd ON true", 6 },
+
+    /* NGX_ECHELON_SQL_EMPLOYEE_DELETE: $1 account, $2 employee */
+    { "echelon_employee_delete",
+      "WITH e AS ("
+      "  UPDATE employees SET deleted_at = now(), enabled = false"
+      "   WHERE account_id = $1 AND id = $2 AND deleted_at IS NULL"
+      "  RETURNING id), "
+      "c AS ("
+      "  UPDATE deliveries SET status = 'cancelled',"
+      "         reason = 'the employee was deleted', updated_at = now()"
+      "   WHERE employee_id IN (SELECT id FROM e) AND status = 'scheduled'"
+      "  RETURNING id) "
+      "SELECT id, (SELECT count(*) FROM c) AS cancelled FROM e", 2 },
+
+    /* NGX_ECHELON_SQL_TRIGGER_GET: $1 account, $2 trigger */
+    { "echelon_trigger_get",
+      "SELECT id, employee_id, event, channel, subject, body, delay_seconds,"
+      "       unless_paid, every_days, max_times,"
+      "       echelon_time(created_at) AS created_at "
+      "  FROM triggers "
+      " WHERE account_id = $1 AND id = $2 AND deleted_at IS NULL", 2 },
+
+    /*
+     * NGX_ECHELON_SQL_TRIGGER_PATCH: $1 account, $2 trigger, $3 subject,
+     * $4 body, $5 delay seconds, $6 unless paid, $7 every days,
+     * $8 max times; NULL keeps a field
+     */
+    { "echelon_trigger_patch",
+      "UPDATE triggers SET subject = coalesce($3, subject),"
+      "       body = coalesce($4, body),"
+      "       delay_seconds = coalesce($5::integer, delay_seconds),"
+      "       unless_paid = coalesce($6::boolean, unless_paid),"
+      "       every_days = coalesce($7::integer, every_days),"
+      "       max_times = coalesce($8::integer, max_times) "
+      " WHERE account_id = $1 AND id = $2 AND deleted_at IS NULL "
+      "RETURNING id, employee_id, event, channel, subject, body,"
+      "          delay_seconds, unless_paid, every_days, max_times,"
+      "          echelon_time(created_at) AS created_at", 8 },
+
+    /* NGX_ECHELON_SQL_TRIGGER_DELETE: $1 account, $2 trigger */
+    { "echelon_trigger_delete",
+      "WITH t AS ("
+      "  UPDATE triggers SET deleted_at = now()"
+      "   WHERE account_id = $1 AND id = $2 AND deleted_at IS NULL"
+      "  RETURNING id), "
+      "c AS ("
+      "  UPDATE deliveries SET status = 'cancelled',"
+      "         reason = 'the trigger was deleted', updated_at = now()"
+      "   WHERE trigger_id IN (SELECT id FROM t) AND status = 'scheduled'"
+      "  RETURNING id) "
+      "SELECT id, (SELECT count(*) FROM c) AS cancelled FROM t", 2 },
+
+    /* NGX_ECHELON_SQL_CONTACT_PATCH: $1 account, $2 contact, $3 patch */
+    { "echelon_contact_patch",
+      "SELECT (r.c).id, (r.c).name, (r.c).email, (r.c).phone,"
+      "       (r.c).whatsapp, (r.c).address::text AS address,"
+      "       (r.c).timezone, (r.c).locale, (r.c).external_id,"
+      "       echelon_time((r.c).created_at) AS created_at, r.changed "
+      "  FROM echelon_contact_patch($1, $2, $3::jsonb) r", 3 },
+
+    /*
+     * NGX_ECHELON_SQL_CONTACT_ACTIVITY: $1 account, $2 contact, $3 status,
+     * $4 channel, $5 since, $6 cursor, $7 limit
+     */
+    { "echelon_contact_activity",
+      "SELECT d.id, d.trigger_id, d.event, d.channel, d.contact_id,"
+      "       c.name AS contact_name,"
+      "       coalesce(d.address, CASE d.channel WHEN 'email' THEN c.email"
+      "                WHEN 'sms' THEN c.phone ELSE c.whatsapp END)"
+      "         AS address,"
+      "       d.invoice_id, d.status, d.reason, d.attempts,"
+      "       echelon_time(d.due_at) AS due_at,"
+      "       echelon_time(d.sent_at) AS sent_at,"
+      "       echelon_time(d.delivered_at) AS delivered_at,"
+      "       echelon_time(d.created_at) AS created_at, d.subject "
+      "  FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
+      " WHERE d.account_id = $1 AND d.contact_id = $2"
+      "   AND ($3::text IS NULL OR d.status = $3)"
+      "   AND ($4::text IS NULL OR d.channel = $4)"
+      "   AND ($5::timestamptz IS NULL OR d.created_at >= $5)"
+      "   AND ($6::text IS NULL OR (d.created_at, d.id) < ("
+      "        SELECT created_at, id FROM deliveries"
+      "         WHERE account_id = $1 AND id = $6))"
+      " ORDER BY d.created_at DESC, d.id DESC LIMIT $7", 7 },
+
+    /*
+     * NGX_ECHELON_SQL_INVOICE_CREATE: $1 account, $2 contact, $3 number,
+     * $4 amount due, $5 currency, $6 due date, $7 url, $8 external id
+     */
+    { "echelon_invoice_create",
+      "SELECT id, contact_id, number, amount_due, amount_paid, currency,"
+      "       echelon_time(due_at) AS due_date, url, status, external_id,"
+      "       echelon_time(created_at) AS created_at "
+      "  FROM echelon_invoice_create($1, $2, $3, $4, $5, $6, $7, $8)", 8 },
+
+    /* NGX_ECHELON_SQL_INVOICE_GET: $1 account, $2 invoice */
+    { "echelon_invoice_get",
+      "SELECT id, contact_id, number, amount_due, amount_paid, currency,"
+      "       echelon_time(due_at) AS due_date, url, status, external_id,"
+      "       echelon_time(created_at) AS created_at "
+      "  FROM invoices WHERE account_id = $1 AND id = $2", 2 },
+
+    /* NGX_ECHELON_SQL_INVOICE_VOID: $1 account, $2 invoice */
+    { "echelon_invoice_void",
+      "SELECT id, contact_id, number, amount_due, amount_paid, currency,"
+      "       echelon_time(due_at) AS due_date, url, status, external_id,"
+      "       echelon_time(created_at) AS created_at "
+      "  FROM echelon_invoice_void($1, $2)", 2 },
+
+    /*
+     * NGX_ECHELON_SQL_PAYMENT_CREATE: $1 account, $2 invoice, $3 amount,
+     * $4 currency; a payment is recorded only on an invoice that is open
+     * in that currency, else what is wrong comes back
+     */
+    { "echelon_payment_create",
+      "WITH i AS ("
+      "  SELECT id, status, currency FROM invoices"
+      "   WHERE account_id = $1 AND id = $2 FOR UPDATE) "
+      "SELECT i.status AS prior_status, i.currency,"
+      "       (p.r).payment_id, (p.r).invoice_status, (p.r).amount_paid "
+      "  FROM i LEFT JOIN LATERAL ("
+      "    SELECT echelon_payment($1, i.id, $3::bigint, NULL) AS r"
+      "     WHERE i.status IN ('draft', 'open', 'uncollectible')"
+      "       AND i.currency = $4) p ON true", 4 },
+
+    /*
+     * NGX_ECHELON_SQL_IDEMPOTENCY_BEGIN: $1 account, $2 key, $3 request
+     * hash; inserted is true for the first request with the key, else the
+     * stored answer (status NULL while the first is still running)
+     */
+    { "echelon_idempotency_begin",
+      "WITH ins AS ("
+      "  INSERT INTO idempotency_keys (account_id, key, request_hash)"
+      "  VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING key) "
+      "SELECT EXISTS (SELECT 1 FROM ins) AS inserted, k.request_hash,"
+      "       k.status, k.response "
+      "  FROM (SELECT 1) one LEFT JOIN idempotency_keys k"
+      "    ON k.account_id = $1 AND k.key = $2", 3 },
+
+    /*
+     * NGX_ECHELON_SQL_IDEMPOTENCY_END: $1 account, $2 key, $3 status,
+     * $4 response; NULL status forgets the key (the request failed)
+     */
+    { "echelon_idempotency_end",
+      "WITH del AS ("
+      "  DELETE FROM idempotency_keys"
+      "   WHERE account_id = $1 AND key = $2 AND $3::integer IS NULL) "
+      "UPDATE idempotency_keys SET status = $3::integer, response = $4"
+      " WHERE account_id = $1 AND key = $2 AND $3::integer IS NOT NULL", 4 },
 
     /* NGX_ECHELON_SQL_RESCUE: claims whose lease ran out go back */
     { "echelon_rescue",

@@ -63,6 +63,12 @@ ngx_echelon_webhooks_handler(ngx_http_request_t *r)
 
     ctx->account_id = ctx->path[ctx->nparts - 1];
 
+    if (ctx->nparts != 3 || !ngx_echelon_id_valid(&ctx->account_id)) {
+        ngx_http_discard_request_body(r);
+        return ngx_echelon_send_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                      "no such webhook endpoint", NULL);
+    }
+
     if (ctx->emcf->pool == NULL) {
         ngx_http_discard_request_body(r);
         return ngx_echelon_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -323,21 +329,23 @@ static ngx_int_t
 ngx_echelon_stripe_hmac(ngx_str_t *secret, ngx_str_t *t, ngx_str_t *body,
     u_char *hex)
 {
-    u_char           md[EVP_MAX_MD_SIZE];
-    size_t           len;
-    ngx_int_t        rc;
-    OSSL_PARAM       params[2];
-    EVP_MAC_CTX     *mctx;
-    static EVP_MAC  *mac;
+    u_char        md[EVP_MAX_MD_SIZE];
+    size_t        len;
+    EVP_MAC      *mac;
+    ngx_int_t     rc;
+    OSSL_PARAM    params[2];
+    EVP_MAC_CTX  *mctx;
 
+    /* OpenSSL keeps fetched algorithms cached: a fetch is a lookup */
+
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
     if (mac == NULL) {
-        mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        if (mac == NULL) {
-            return NGX_ERROR;
-        }
+        return NGX_ERROR;
     }
 
     mctx = EVP_MAC_CTX_new(mac);
+    EVP_MAC_free(mac);
+
     if (mctx == NULL) {
         return NGX_ERROR;
     }

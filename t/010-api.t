@@ -64,8 +64,8 @@ GET /v1/account
 --- more_headers eval
 $main::auth
 --- error_code: 200
---- response_body eval
-qq{{"id":"$ENV{TEST_NGINX_ACCOUNT}","name":"Acme Studio","plan":"starter"}\n}
+--- response_body_like eval
+qr/^\{"id":"$ENV{TEST_NGINX_ACCOUNT}","name":"Acme Studio","plan":"starter","created_at":"[-0-9T:]+Z"\}$/
 
 
 
@@ -227,14 +227,14 @@ $main::auth
 
 
 
-=== TEST 17: an email trigger needs a subject
+=== TEST 17: a template that is not an object is 400
 --- request eval
 "POST /v1/employees/$main::emp/triggers
-{\"event\": \"invoice.issued\", \"channel\": \"email\", \"template\": {\"body\": \"b\"}}"
+{\"event\": \"invoice.issued\", \"channel\": \"email\", \"template\": \"Hi\"}"
 --- more_headers eval
 $main::auth
 --- error_code: 400
---- response_body_like: "code":"missing_field",.*"field":"template.subject"
+--- response_body_like: "code":"invalid_type",.*"field":"template"
 
 
 
