@@ -2578,21 +2578,23 @@ ngx_echelon_invoice_void(ngx_echelon_ctx_t *ctx)
 static ngx_int_t
 ngx_echelon_invoice_voided(ngx_echelon_ctx_t *ctx, PGresult *res)
 {
-    ngx_str_t  status;
+    ngx_str_t  status, voided;
 
     if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
         return ngx_echelon_db_error(ctx);
     }
 
-    if (PQntuples(res) != 1) {
+    if (PQntuples(res) != 1 || ngx_echelon_pg_value(res, 0, "id").data == NULL)
+    {
         return ngx_echelon_not_found(ctx);
     }
 
     status = ngx_echelon_pg_value(res, 0, "status");
+    voided = ngx_echelon_pg_value(res, 0, "voided");
 
-    if (status.len != 4 || ngx_strncmp(status.data, "void", 4) != 0) {
+    if (voided.len == 0 || voided.data[0] != 't') {
         return ngx_echelon_reject(ctx, NGX_HTTP_CONFLICT, "invoice_closed",
-                                  NULL, "a %V invoice cannot be voided",
+                                  NULL, "the invoice is %V already",
                                   &status);
     }
 

@@ -627,22 +627,21 @@
 "  RETURN NEXT i; "                                                          \
 "END $fn$;"                                                                  \
                                                                              \
-"CREATE FUNCTION echelon_invoice_void(p_account text, p_invoice text)"       \
-"    RETURNS SETOF invoices "                                                \
+"CREATE FUNCTION echelon_invoice_void(p_account text, p_invoice text,"      \
+"    OUT inv invoices, OUT voided boolean) "                                 \
 "LANGUAGE plpgsql AS $fn$ "                                                  \
-"DECLARE i invoices; "                                                       \
 "BEGIN "                                                                     \
 "  UPDATE invoices SET status = 'void', updated_at = clock_timestamp()"      \
 "   WHERE account_id = p_account AND id = p_invoice"                         \
 "     AND status IN ('draft', 'open', 'uncollectible')"                      \
-"  RETURNING * INTO i; "                                                     \
-"  IF i.id IS NULL THEN "                                                    \
-"    RETURN QUERY SELECT * FROM invoices"                                    \
-"                  WHERE account_id = p_account AND id = p_invoice; "        \
-"    RETURN; "                                                               \
+"  RETURNING * INTO inv; "                                                   \
+"  voided := inv.id IS NOT NULL; "                                           \
+"  IF voided THEN "                                                          \
+"    PERFORM echelon_cancel(inv.id, 'all', 'the invoice was voided'); "      \
+"  ELSE "                                                                    \
+"    SELECT * INTO inv FROM invoices"                                        \
+"     WHERE account_id = p_account AND id = p_invoice; "                     \
 "  END IF; "                                                                 \
-"  PERFORM echelon_cancel(i.id, 'all', 'the invoice was voided'); "          \
-"  RETURN NEXT i; "                                                          \
 "END $fn$;"                                                                  \
                                                                              \
 "CREATE FUNCTION echelon_contact_patch(p_account text, p_contact text,"      \
@@ -1009,10 +1008,12 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
 
     /* NGX_ECHELON_SQL_INVOICE_VOID: $1 account, $2 invoice */
     { "echelon_invoice_void",
-      "SELECT id, contact_id, number, amount_due, amount_paid, currency,"
-      "       echelon_time(due_at) AS due_date, url, status, external_id,"
-      "       echelon_time(created_at) AS created_at "
-      "  FROM echelon_invoice_void($1, $2)", 2 },
+      "SELECT (r.inv).id, (r.inv).contact_id, (r.inv).number,"
+      "       (r.inv).amount_due, (r.inv).amount_paid, (r.inv).currency,"
+      "       echelon_time((r.inv).due_at) AS due_date, (r.inv).url,"
+      "       (r.inv).status, (r.inv).external_id,"
+      "       echelon_time((r.inv).created_at) AS created_at, r.voided "
+      "  FROM echelon_invoice_void($1, $2) r", 2 },
 
     /*
      * NGX_ECHELON_SQL_PAYMENT_CREATE: $1 account, $2 invoice, $3 amount,

@@ -202,7 +202,7 @@ sub setup_account {
         my $emp = api($base, 'POST', '/v1/employees', $key,
                       { name => 'Billing — Accounts Receivable',
                         role => 'billing', channels => ['email'],
-                        tone => 'friendly' });
+                        tone => $o{tone} || 'friendly' });
 
         my $n = 0;
         for my $t (@$triggers) {
@@ -214,6 +214,10 @@ sub setup_account {
         $ENV{TEST_NGINX_ACCOUNT} = $acct->{id};
         $ENV{TEST_NGINX_API_KEY} = $key;
         $ENV{TEST_NGINX_EMPLOYEE} = $emp->{id};
+
+        # more set-up through the API: sub { my ($call) = @_; ... }
+        $o{more}->(sub { api($base, $_[0], $_[1], $key, $_[2]) })
+            if $o{more};
     });
 }
 
@@ -281,10 +285,15 @@ sub stripe_headers {
          . "Stripe-Signature: " . stripe_signature($body, %o) . "\n";
 }
 
+# RFC 3339 for a Unix time, as the API writes it.
+sub rfc3339 {
+    return POSIX::strftime('%Y-%m-%dT%H:%M:%SZ', gmtime($_[0]));
+}
+
 # The newest message in the Maildir for a recipient, linked where the
 # blocks' nginx serves it (location /t/mail).
 sub link_mail {
-    my ($rcpt) = @_;
+    my ($rcpt, $subject) = @_;
     my $dir = env_or_die('TEST_NGINX_MAIL_DIR');
     my ($newest, $mtime);
     for my $f (glob("$dir/new/* $dir/cur/*")) {
@@ -292,6 +301,7 @@ sub link_mail {
         local $/;
         my $text = <$fh>;
         next unless $text =~ /^To:.*\Q$rcpt\E/mi;
+        next if defined $subject && $text !~ /^Subject: \Q$subject\E\r?$/m;
         my $m = (stat($f))[9];
         ($newest, $mtime) = ($f, $m) if !defined $mtime || $m >= $mtime;
     }
