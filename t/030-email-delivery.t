@@ -128,7 +128,7 @@ Echelon::stripe_headers($main::nomail)
 $main::auth
 --- error_code: 200
 --- response_body_like eval
-qr/^\{"data":\[\{[^\[]*"name":"No Mail Ltd","address":null\},[^\[]*"status":"skipped","reason":"the contact has no email address","attempts":0,[^\[]*\}\],"has_more":false/
+qr/^\{"data":\[\{[^{}]*"contact":\{"id":"ctc_\w+","name":"No Mail Ltd","address":null\},[^{}]*"status":"skipped","reason":"the contact has no email address","attempts":0,(?:[^{}]|\{[^{}]*\})*\}\],"has_more":false/
 
 
 
@@ -149,7 +149,7 @@ Echelon::stripe_headers($main::reject)
 $main::auth
 --- error_code: 200
 --- response_body_like eval
-qr/"name":"Rejected Recipient","address":"reject-me\@example.com"\},[^\[]*"status":"failed","reason":"550 5\.1\.1 [^"]*Recipient address rejected[^"]*","attempts":1,/
+qr/"name":"Rejected Recipient","address":"reject-me\@example.com"\},[^{}]*"status":"failed","reason":"550 5\.1\.1 [^"]*Recipient address rejected[^"]*","attempts":1,/
 
 
 
@@ -173,7 +173,7 @@ giving up
 $main::auth
 --- error_code: 200
 --- response_body_like eval
-qr/"name":"Busy Mailbox",[^\[]*"status":"failed","reason":"gave up after 2 attempts: 451 4\.3\.0 [^"]*","attempts":2,/
+qr/"name":"Busy Mailbox","address":[^}]*\}[^{}]*"status":"failed","reason":"gave up after 2 attempts: 451 4\.3\.0 [^"]*","attempts":2,/
 
 
 

@@ -72,4 +72,4 @@ Echelon::stripe_headers($main::event)
 --- more_headers eval
 $main::auth
 --- error_code: 200
---- response_body_like: ^\{"data":\[\{[^\[]*"contact":\{"id":"ctc_\w+","name":null,"address":null\},[^\[]*"status":"skipped","reason":"the contact has no email address",
+--- response_body_like: ^\{"data":\[\{(?:[^{}]|\{[^{}]*\})*"contact":\{"id":"ctc_\w+","name":null,"address":null\},[^{}]*"status":"skipped","reason":"the contact has no email address",

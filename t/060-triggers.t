@@ -116,7 +116,7 @@ main::activity('ADA')
 $main::auth
 --- error_code: 200
 --- response_body_like eval
-qr/(?=.*"event":"invoice.issued","channel":"email",[^\[]*"status":"sent",[^\[]*"subject":"Invoice A-1")(?=.*"event":"invoice.issued",[^\[]*"status":"scheduled")(?=.*"event":"invoice.overdue",[^\[]*"status":"scheduled")(?=(?:.*"event":"invoice.unpaid_repeated",[^\[]*"status":"scheduled"){3})/s
+qr/(?=.*"event":"invoice.issued","channel":"email",(?:[^{}]|\{[^{}]*\})*"status":"sent",(?:[^{}]|\{[^{}]*\})*"subject":"Invoice A-1")(?=.*"event":"invoice.issued",(?:[^{}]|\{[^{}]*\})*"status":"scheduled")(?=.*"event":"invoice.overdue",(?:[^{}]|\{[^{}]*\})*"status":"scheduled")(?=(?:.*"event":"invoice.unpaid_repeated",(?:[^{}]|\{[^{}]*\})*"status":"scheduled"){3})/s
 
 
 
@@ -159,7 +159,7 @@ main::activity('ADA', 'status=sent')
 --- more_headers eval
 $main::auth
 --- error_code: 200
---- response_body_like: "event":"payment.received",[^\[]*"status":"sent",[^\[]*"subject":"Thanks for A-1"
+--- response_body_like: "event":"payment.received",(?:[^{}]|\{[^{}]*\})*"status":"sent",(?:[^{}]|\{[^{}]*\})*"subject":"Thanks for A-1"
 
 
 
@@ -190,7 +190,7 @@ main::activity('BOB')
 $main::auth
 --- error_code: 200
 --- response_body_like eval
-qr/(?=.*"event":"invoice.overdue",[^\[]*"status":"sent")(?=(?:.*"event":"invoice.unpaid_repeated",[^\[]*"status":"sent"){2})(?=.*"event":"invoice.unpaid_repeated",[^\[]*"status":"scheduled")(?=.*"status":"sent",[^\[]*"subject":"Reminder B-1")/s
+qr/(?=.*"event":"invoice.overdue",(?:[^{}]|\{[^{}]*\})*"status":"sent")(?=(?:.*"event":"invoice.unpaid_repeated",(?:[^{}]|\{[^{}]*\})*"status":"sent"){2})(?=.*"event":"invoice.unpaid_repeated",(?:[^{}]|\{[^{}]*\})*"status":"scheduled")(?=.*"status":"sent",(?:[^{}]|\{[^{}]*\})*"subject":"Reminder B-1")/s
 
 
 
@@ -296,7 +296,7 @@ main::activity('EVE', 'status=scheduled')
 --- more_headers eval
 $main::auth
 --- error_code: 200
---- response_body_like: "event":"invoice.issued",[^\[]*"status":"scheduled",[^\[]*"subject":null
+--- response_body_like: "event":"invoice.issued",(?:[^{}]|\{[^{}]*\})*"status":"scheduled",(?:[^{}]|\{[^{}]*\})*"subject":null
 
 
 
@@ -337,7 +337,7 @@ main::activity('EVE', 'status=cancelled')
 --- more_headers eval
 $main::auth
 --- error_code: 200
---- response_body_like: "event":"invoice.unpaid_repeated",[^\[]*"status":"cancelled","reason":"the trigger was deleted"
+--- response_body_like: "event":"invoice.unpaid_repeated",(?:[^{}]|\{[^{}]*\})*"status":"cancelled","reason":"the trigger was deleted"
 
 
 
