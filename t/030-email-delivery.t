@@ -101,13 +101,13 @@ qr/(?=.*^From: "Acme Billing" <billing\@acme\.test>\r?$)(?=.*^To: jenny\@example
 
 
 
-=== TEST 4: the email in the Maildir has the rendered body, quoted-printable
+=== TEST 4: the email in the Maildir has the rendered body
 --- init
 Echelon::link_mail('jenny@example.com');
 --- request
 GET /t/mail
 --- response_body_like eval
-qr/\r?\n\r?\nHi Jenny Rosen,\r?\n\r?\nYour invoice ACME-0001 for \$1,250\.00 is due on March 15, 2031\.\r?\nPay it here: https:\/\/invoice\.stripe\.com\/i\/acct_test\/in_jenny\r?\n\r?\nBilling =E2=80=94 Accounts Receivable\r?\n/
+qr/\r?\n\r?\nHi Jenny Rosen,\r?\n\r?\nYour invoice ACME-0001 for \$1,250\.00 is due on March 15, 2031\.\r?\nPay it here: https:\/\/invoice\.stripe\.com\/i\/acct_test\/in_jenny\r?\n\r?\nBilling \xe2\x80\x94 Accounts Receivable\r?\n/
 
 
 
@@ -193,7 +193,7 @@ Echelon::link_mail('kenji@example.com');
 --- request
 GET /t/mail
 --- error_code: 200
---- response_body_like: for =C2=A55,000 is due on
+--- response_body_like: for \xc2\xa55,000 is due on
 
 
 

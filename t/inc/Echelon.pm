@@ -17,6 +17,7 @@ use File::Basename qw(basename dirname);
 use File::Path qw(make_path remove_tree);
 use HTTP::Tiny;
 use JSON::PP;
+use MIME::QuotedPrint ();
 use POSIX ();
 use Time::HiRes qw(sleep time);
 
@@ -290,24 +291,33 @@ sub rfc3339 {
     return POSIX::strftime('%Y-%m-%dT%H:%M:%SZ', gmtime($_[0]));
 }
 
-# The newest message in the Maildir for a recipient, linked where the
-# blocks' nginx serves it (location /t/mail).
+# The newest message in the Maildir for a recipient (and subject), as a
+# mail client shows it: its headers, and its quoted-printable body decoded.
+# Written where the blocks' nginx serves it (location /t/mail).
 sub link_mail {
     my ($rcpt, $subject) = @_;
     my $dir = env_or_die('TEST_NGINX_MAIL_DIR');
-    my ($newest, $mtime);
+    my ($newest, $mtime, $text);
     for my $f (glob("$dir/new/* $dir/cur/*")) {
         open(my $fh, '<', $f) or next;
         local $/;
-        my $text = <$fh>;
-        next unless $text =~ /^To:.*\Q$rcpt\E/mi;
-        next if defined $subject && $text !~ /^Subject: \Q$subject\E\r?$/m;
+        my $t = <$fh>;
+        next unless $t =~ /^To:.*\Q$rcpt\E/mi;
+        next if defined $subject && $t !~ /^Subject: \Q$subject\E\r?$/m;
         my $m = (stat($f))[9];
-        ($newest, $mtime) = ($f, $m) if !defined $mtime || $m >= $mtime;
+        ($newest, $mtime, $text) = ($f, $m, $t)
+            if !defined $mtime || $m >= $mtime;
     }
     unlink("$dir/latest");
-    symlink($newest, "$dir/latest") if $newest;
+    return unless defined $text;
+    my ($head, $body) = split /\r?\n\r?\n/, $text, 2;
+    $body = MIME::QuotedPrint::decode_qp($body)
+        if $head =~ /^Content-Transfer-Encoding: quoted-printable/mi;
+    open(my $out, '>', "$dir/latest") or die "$dir/latest: $!";
+    print $out "$head\n\n$body";
+    close($out);
 }
+
 
 # A pattern that matches a text holding exactly $n matches of $re.
 sub exactly {
