@@ -31,6 +31,14 @@ our $other = Echelon::sql("INSERT INTO accounts (name, plan, api_key_hash) "
 our $other_emp = Echelon::sql("INSERT INTO employees (account_id, name, "
     . "role, tone, channels) VALUES ('$other', 'Theirs', 'billing', "
     . "'formal', '{email}') RETURNING id");
+our $other_trg = Echelon::sql("INSERT INTO triggers (account_id, "
+    . "employee_id, event, channel, body) VALUES ('$other', '$other_emp', "
+    . "'invoice.issued', 'email', 'x') RETURNING id");
+our $other_ctc = Echelon::sql("INSERT INTO contacts (account_id, name) "
+    . "VALUES ('$other', 'Their Client') RETURNING id");
+our $other_inv = Echelon::sql("INSERT INTO invoices (account_id, "
+    . "contact_id, amount_due, currency) VALUES ('$other', '$other_ctc', 1, "
+    . "'usd') RETURNING id");
 
 add_block_preprocessor(sub {
     my $block = shift;
@@ -44,6 +52,14 @@ CONF
 no_shuffle();
 no_long_string();
 run_tests();
+
+is(Echelon::sql("SELECT name || ' ' || (t.deleted_at IS NULL) || ' ' || "
+                . "i.status || ' ' || (e.deleted_at IS NULL) "
+                . "FROM contacts c, triggers t, invoices i, employees e "
+                . "WHERE c.id = '$other_ctc' AND t.id = '$other_trg' "
+                . "AND i.id = '$other_inv' AND e.id = '$other_emp'"),
+   'Their Client true open true',
+   "another account's data is unchanged by the requests that were refused");
 
 __DATA__
 
@@ -386,3 +402,21 @@ PUT /v1/channels/sms
 $main::auth
 --- error_code: 422
 --- response_body_like: "code":"channel_not_in_plan"
+
+
+
+=== TEST 31: another account's trigger, contact and invoice are 404 too
+--- request eval
+["GET /v1/triggers/$main::other_trg", "PATCH /v1/triggers/$main::other_trg\n{\"delay\": 5}",
+ "DELETE /v1/triggers/$main::other_trg", "GET /v1/contacts/$main::other_ctc",
+ "PATCH /v1/contacts/$main::other_ctc\n{\"name\": \"Mine\"}",
+ "GET /v1/contacts/$main::other_ctc/activity", "GET /v1/invoices/$main::other_inv",
+ "POST /v1/invoices/$main::other_inv/void",
+ "POST /v1/invoices/$main::other_inv/payments\n{\"amount\": 1, \"currency\": \"usd\"}",
+ "DELETE /v1/employees/$main::other_emp"]
+--- more_headers eval
+$main::auth
+--- error_code eval
+[(404) x 10]
+--- response_body_like eval
+[(qr/^\{"error":\{"code":"not_found","message":"no \w+ with the id/) x 10]

@@ -49,6 +49,18 @@ $ev{stripe_overdue} = Echelon::stripe_event('invoice.overdue',
                             number => 'O-1', due_date => $t - 3600),
     created => $t);
 
+# a due date moved a week later by a newer invoice.updated
+our $moved_to = $t + 8 * 86400;
+$ev{due_first} = Echelon::stripe_event('invoice.finalized',
+    Echelon::stripe_invoice(id => 'in_m', customer => 'cus_m',
+                            number => 'M-1', email => 'mo@example.com',
+                            name => 'Mo Moved', due_date => $t + 86400),
+    created => $t - 20);
+$ev{due_moved} = Echelon::stripe_event('invoice.updated',
+    Echelon::stripe_invoice(id => 'in_m', customer => 'cus_m',
+                            number => 'M-1', due_date => $moved_to),
+    created => $t);
+
 # charged automatically: no due date
 $ev{auto} = Echelon::stripe_event('invoice.finalized',
     Echelon::stripe_invoice(id => 'in_a', customer => 'cus_a',
@@ -231,3 +243,35 @@ $main::auth
 --- error_code: 200
 --- response_body_like eval
 Echelon::exactly(1, qr/"event":"billing_details.updated","channel":"email","contact":\{"id":"ctc_\w+","name":"Pat Paid","address":"pat.new\@example.com"\}/)
+
+
+
+=== TEST 13: an invoice due tomorrow
+--- request eval
+(main::hook('due_first'))[0]
+--- more_headers eval
+(main::hook('due_first'))[1]
+--- error_code: 200
+
+
+
+=== TEST 14: its due date moves a week later
+--- request eval
+(main::hook('due_moved'))[0]
+--- more_headers eval
+(main::hook('due_moved'))[1]
+--- error_code: 200
+--- response_body
+{"received":true,"outcome":"processed"}
+
+
+
+=== TEST 15: the overdue reminder moved with it
+--- request eval
+"$main::activity?status=scheduled"
+--- more_headers eval
+$main::auth
+--- error_code: 200
+--- response_body_like eval
+my $due = Echelon::rfc3339($main::moved_to);
+qr/"event":"invoice.overdue","channel":"email","contact":\{"id":"ctc_\w+","name":"Mo Moved","address":[^}]*\}[^{}]*"status":"scheduled",[^{}]*"due_at":"\Q$due\E"/
