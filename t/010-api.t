@@ -53,7 +53,7 @@ no_shuffle();
 no_long_string();
 run_tests();
 
-is(Echelon::sql("SELECT name || ' ' || (t.deleted_at IS NULL) || ' ' || "
+is(Echelon::sql("SELECT c.name || ' ' || (t.deleted_at IS NULL) || ' ' || "
                 . "i.status || ' ' || (e.deleted_at IS NULL) "
                 . "FROM contacts c, triggers t, invoices i, employees e "
                 . "WHERE c.id = '$other_ctc' AND t.id = '$other_trg' "
