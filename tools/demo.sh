@@ -246,6 +246,10 @@ main() {
     show_newest_mail
 
     printf '\nDone: account %s, employee %s.\n' "$account" "$employee"
+    printf 'Go on with the API yourself:\n'
+    printf '  KEY=%s EMP=%s\n' "$key" "$employee"
+    printf '  curl -H "Authorization: Bearer $KEY" %s/v1/employees/$EMP/activity\n' \
+        "http://127.0.0.1:$ECHELON_PORT"
 }
 
 main "$@"
