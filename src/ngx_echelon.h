@@ -318,6 +318,56 @@ ngx_int_t ngx_echelon_smtp_send(ngx_echelon_smtp_t *smtp,
     ngx_echelon_mail_t *mail, ngx_echelon_smtp_done_pt done, void *data);
 
 
+/*
+ * Outbound HTTP/1.1 on nginx's event machinery (src/ngx_echelon_fetch.c):
+ * peer connections, TLS with certificate and host verification, timeouts
+ * and keepalive, with no client request behind it.
+ */
+
+typedef struct ngx_echelon_fetch_s  ngx_echelon_fetch_t;
+
+
+typedef struct {
+    ngx_str_t                   url;        /* http(s)://host[:port] */
+    ngx_addr_t                 *addrs;      /* resolved at configuration */
+    ngx_uint_t                  naddrs;
+    ngx_str_t                   host;       /* Host header, SNI, checks */
+    in_port_t                   port;
+    unsigned                    tls:1;
+} ngx_echelon_endpoint_t;
+
+
+typedef struct {
+    ngx_echelon_endpoint_t     *endpoint;
+    ngx_str_t                   method;     /* "POST" */
+    ngx_str_t                   path;       /* "/2010-04-01/..." */
+    ngx_str_t                   headers;    /* "Name: value\r\n"... */
+    ngx_str_t                   body;
+    ngx_msec_t                  timeout;    /* the whole exchange */
+} ngx_echelon_fetch_req_t;
+
+
+typedef struct {
+    ngx_uint_t                  status;     /* 0: no response at all */
+    ngx_str_t                   body;       /* at most 64 KB kept */
+    time_t                      retry_after;    /* seconds, or -1 */
+    ngx_str_t                   error;      /* why there is no response */
+} ngx_echelon_fetch_res_t;
+
+
+typedef void (*ngx_echelon_fetch_done_pt)(void *data,
+    ngx_echelon_fetch_res_t *res);
+
+
+ngx_int_t ngx_echelon_endpoint_parse(ngx_conf_t *cf, ngx_str_t *url,
+    ngx_echelon_endpoint_t *ep);
+ngx_echelon_fetch_t *ngx_echelon_fetch_create(ngx_cycle_t *cycle);
+void ngx_echelon_fetch_destroy(ngx_echelon_fetch_t *fetch);
+ngx_int_t ngx_echelon_fetch(ngx_echelon_fetch_t *fetch,
+    ngx_echelon_fetch_req_t *req, ngx_echelon_fetch_done_pt done,
+    void *data);
+
+
 extern ngx_module_t  ngx_http_echelon_module;
 
 
