@@ -23,10 +23,21 @@ static char *ngx_http_echelon_location(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_echelon_smtp_url(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_echelon_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_echelon_public_url(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_echelon_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_echelon_init_process(ngx_cycle_t *cycle);
 static void ngx_http_echelon_exit_process(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_echelon_is_scheduler(ngx_echelon_main_conf_t *emcf);
+
+
+static ngx_conf_enum_t  ngx_http_echelon_whatsapp_providers[] = {
+    { ngx_string("twilio"), NGX_ECHELON_WHATSAPP_TWILIO },
+    { ngx_string("meta"), NGX_ECHELON_WHATSAPP_META },
+    { ngx_null_string, 0 }
+};
 
 
 static ngx_conf_num_bounds_t  ngx_http_echelon_pool_bounds = {
@@ -167,6 +178,83 @@ static ngx_command_t  ngx_http_echelon_commands[] = {
       offsetof(ngx_echelon_main_conf_t, smtp_timeout),
       NULL },
 
+    { ngx_string("echelon_public_url"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_public_url,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, public_url),
+      NULL },
+
+    { ngx_string("echelon_provider_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, provider_timeout),
+      NULL },
+
+    { ngx_string("echelon_twilio_url"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_endpoint,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, twilio),
+      NULL },
+
+    { ngx_string("echelon_twilio_account_sid"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_secret,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, twilio_sid),
+      NULL },
+
+    { ngx_string("echelon_twilio_auth_token"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_secret,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, twilio_token),
+      NULL },
+
+    { ngx_string("echelon_whatsapp_provider"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, whatsapp_provider),
+      &ngx_http_echelon_whatsapp_providers },
+
+    { ngx_string("echelon_meta_url"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_endpoint,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, meta),
+      NULL },
+
+    { ngx_string("echelon_meta_phone_number_id"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, meta_phone_id),
+      NULL },
+
+    { ngx_string("echelon_meta_access_token"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_secret,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, meta_token),
+      NULL },
+
+    { ngx_string("echelon_meta_app_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_secret,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, meta_app_secret),
+      NULL },
+
+    { ngx_string("echelon_meta_verify_token"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_secret,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, meta_verify_token),
+      NULL },
+
     { ngx_string("echelon_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_echelon_location,
@@ -246,6 +334,8 @@ ngx_http_echelon_create_main_conf(ngx_conf_t *cf)
     emcf->max_attempts = NGX_CONF_UNSET_UINT;
     emcf->retry_backoff = NGX_CONF_UNSET_MSEC;
     emcf->smtp_timeout = NGX_CONF_UNSET_MSEC;
+    emcf->provider_timeout = NGX_CONF_UNSET_MSEC;
+    emcf->whatsapp_provider = NGX_CONF_UNSET_UINT;
 
     return emcf;
 }
@@ -255,6 +345,8 @@ static char *
 ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_echelon_main_conf_t *emcf = conf;
+
+    ngx_str_t  url;
 
     ngx_conf_init_uint_value(emcf->pool_size, 8);
     ngx_conf_init_msec_value(emcf->connect_timeout, 3000);
@@ -269,6 +361,9 @@ ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(emcf->max_attempts, 5);
     ngx_conf_init_msec_value(emcf->retry_backoff, 30000);
     ngx_conf_init_msec_value(emcf->smtp_timeout, 30000);
+    ngx_conf_init_msec_value(emcf->provider_timeout, 10000);
+    ngx_conf_init_uint_value(emcf->whatsapp_provider,
+                             NGX_ECHELON_WHATSAPP_TWILIO);
 
     if (emcf->smtp_url.len == 0) {
         ngx_str_set(&emcf->smtp_url, "smtp://127.0.0.1:25");
@@ -278,10 +373,45 @@ ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_str_set(&emcf->smtp_from, "Echelon <billing@localhost>");
     }
 
-    if (emcf->scheduler_lease < 2 * emcf->smtp_timeout) {
+    if (emcf->twilio == NULL) {
+        emcf->twilio = ngx_pcalloc(cf->pool, sizeof(ngx_echelon_endpoint_t));
+        if (emcf->twilio == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_str_set(&url, "https://api.twilio.com");
+
+        /* resolved when the configuration is read, in the master */
+
+        if (emcf->twilio_sid.len
+            && ngx_echelon_endpoint_parse(cf, &url, emcf->twilio) != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (emcf->meta == NULL
+        && emcf->whatsapp_provider == NGX_ECHELON_WHATSAPP_META)
+    {
+        emcf->meta = ngx_pcalloc(cf->pool, sizeof(ngx_echelon_endpoint_t));
+        if (emcf->meta == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_str_set(&url, "https://graph.facebook.com");
+
+        if (ngx_echelon_endpoint_parse(cf, &url, emcf->meta) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (emcf->scheduler_lease < 2 * ngx_max(emcf->smtp_timeout,
+                                            emcf->provider_timeout))
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"echelon_scheduler_lease\" must be at least "
-                           "twice \"echelon_smtp_timeout\"");
+                           "twice \"echelon_smtp_timeout\" and "
+                           "\"echelon_provider_timeout\"");
         return NGX_CONF_ERROR;
     }
 
@@ -440,6 +570,70 @@ ngx_http_echelon_smtp_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* a provider's base URL, resolved now, in the master */
+
+static char *
+ngx_http_echelon_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ngx_str_t                *value;
+    ngx_echelon_endpoint_t  **ep;
+
+    ep = (ngx_echelon_endpoint_t **) (p + cmd->offset);
+
+    if (*ep) {
+        return "is duplicate";
+    }
+
+    *ep = ngx_pcalloc(cf->pool, sizeof(ngx_echelon_endpoint_t));
+    if (*ep == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_echelon_endpoint_parse(cf, &value[1], *ep) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* the URL the outside reaches this server at, which providers sign */
+
+static char *
+ngx_http_echelon_public_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_echelon_main_conf_t *emcf = conf;
+
+    ngx_str_t  *value;
+
+    if (emcf->public_url.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "https://", 8) != 0
+        && ngx_strncmp(value[1].data, "http://", 7) != 0)
+    {
+        return "must start with \"http://\" or \"https://\"";
+    }
+
+    emcf->public_url = value[1];
+
+    while (emcf->public_url.len
+           && emcf->public_url.data[emcf->public_url.len - 1] == '/')
+    {
+        emcf->public_url.len--;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_int_t
 ngx_http_echelon_init_module(ngx_cycle_t *cycle)
 {
@@ -494,6 +688,11 @@ ngx_http_echelon_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    emcf->fetch = ngx_echelon_fetch_create(cycle);
+    if (emcf->fetch == NULL) {
+        return NGX_ERROR;
+    }
+
     return ngx_echelon_scheduler_start(cycle, emcf);
 }
 
@@ -514,6 +713,11 @@ ngx_http_echelon_exit_process(ngx_cycle_t *cycle)
     if (emcf->smtp) {
         ngx_echelon_smtp_destroy(emcf->smtp);
         emcf->smtp = NULL;
+    }
+
+    if (emcf->fetch) {
+        ngx_echelon_fetch_destroy(emcf->fetch);
+        emcf->fetch = NULL;
     }
 
     if (emcf->pool) {

@@ -25,6 +25,9 @@
 #define NGX_ECHELON_LOC_API         1
 #define NGX_ECHELON_LOC_WEBHOOKS    2
 
+#define NGX_ECHELON_WHATSAPP_TWILIO 1
+#define NGX_ECHELON_WHATSAPP_META   2
+
 
 typedef struct ngx_echelon_pg_pool_s   ngx_echelon_pg_pool_t;
 typedef struct ngx_echelon_pg_conn_s   ngx_echelon_pg_conn_t;
@@ -69,6 +72,7 @@ typedef enum {
     NGX_ECHELON_SQL_RESCUE,
     NGX_ECHELON_SQL_CLAIM,
     NGX_ECHELON_SQL_FINISH,
+    NGX_ECHELON_SQL_PROVIDER_STATUS,
     NGX_ECHELON_SQL_COUNT
 } ngx_echelon_sql_e;
 
@@ -84,6 +88,56 @@ typedef struct {
     ngx_uint_t                  version;
     const char                 *text;
 } ngx_echelon_migration_t;
+
+
+/*
+ * Outbound HTTP/1.1 on nginx's event machinery (src/ngx_echelon_fetch.c):
+ * peer connections, TLS with certificate and host verification, timeouts
+ * and keepalive, with no client request behind it.
+ */
+
+typedef struct ngx_echelon_fetch_s  ngx_echelon_fetch_t;
+
+
+typedef struct {
+    ngx_str_t                   url;        /* http(s)://host[:port] */
+    ngx_addr_t                 *addrs;      /* resolved at configuration */
+    ngx_uint_t                  naddrs;
+    ngx_str_t                   host;       /* Host header, SNI, checks */
+    in_port_t                   port;
+    unsigned                    tls:1;
+} ngx_echelon_endpoint_t;
+
+
+typedef struct {
+    ngx_echelon_endpoint_t     *endpoint;
+    ngx_str_t                   method;     /* "POST" */
+    ngx_str_t                   path;       /* "/2010-04-01/..." */
+    ngx_str_t                   headers;    /* "Name: value\r\n"... */
+    ngx_str_t                   body;
+    ngx_msec_t                  timeout;    /* the whole exchange */
+} ngx_echelon_fetch_req_t;
+
+
+typedef struct {
+    ngx_uint_t                  status;     /* 0: no response at all */
+    ngx_str_t                   body;       /* at most 64 KB kept */
+    time_t                      retry_after;    /* seconds, or -1 */
+    ngx_str_t                   error;      /* why there is no response */
+} ngx_echelon_fetch_res_t;
+
+
+typedef void (*ngx_echelon_fetch_done_pt)(void *data,
+    ngx_echelon_fetch_res_t *res);
+
+
+ngx_int_t ngx_echelon_endpoint_parse(ngx_conf_t *cf, ngx_str_t *url,
+    ngx_echelon_endpoint_t *ep);
+ngx_echelon_fetch_t *ngx_echelon_fetch_create(ngx_cycle_t *cycle);
+void ngx_echelon_fetch_destroy(ngx_echelon_fetch_t *fetch);
+ngx_int_t ngx_echelon_fetch(ngx_echelon_fetch_t *fetch,
+    ngx_echelon_fetch_req_t *req, ngx_echelon_fetch_done_pt done,
+    void *data);
 
 
 /* configuration */
@@ -110,8 +164,22 @@ typedef struct {
     ngx_str_t                   smtp_from;
     ngx_msec_t                  smtp_timeout;
 
+    /* SMS and WhatsApp providers */
+    ngx_str_t                   public_url;
+    ngx_msec_t                  provider_timeout;
+    ngx_echelon_endpoint_t     *twilio;
+    ngx_str_t                   twilio_sid;
+    ngx_str_t                   twilio_token;
+    ngx_uint_t                  whatsapp_provider;
+    ngx_echelon_endpoint_t     *meta;
+    ngx_str_t                   meta_phone_id;
+    ngx_str_t                   meta_token;
+    ngx_str_t                   meta_app_secret;
+    ngx_str_t                   meta_verify_token;
+
     ngx_echelon_pg_pool_t      *pool;
     ngx_echelon_smtp_t         *smtp;
+    ngx_echelon_fetch_t        *fetch;
 } ngx_echelon_main_conf_t;
 
 
@@ -245,6 +313,8 @@ ngx_int_t ngx_echelon_parse_body(ngx_echelon_ctx_t *ctx);
 json_t *ngx_echelon_json_str(ngx_str_t *s);
 json_t *ngx_echelon_json_text(u_char *text, size_t len);
 ngx_int_t ngx_echelon_id_valid(ngx_str_t *id);
+ngx_int_t ngx_echelon_hmac(const char *digest, ngx_str_t *key,
+    ngx_str_t *parts, ngx_uint_t nparts, u_char *md, size_t *len);
 json_t *ngx_echelon_json_column(PGresult *res, int row, const char *column);
 
 
@@ -253,6 +323,8 @@ json_t *ngx_echelon_json_column(PGresult *res, int row, const char *column);
 ngx_int_t ngx_echelon_api_handler(ngx_http_request_t *r);
 ngx_int_t ngx_echelon_idempotency_end(ngx_echelon_ctx_t *ctx);
 ngx_int_t ngx_echelon_webhooks_handler(ngx_http_request_t *r);
+ngx_int_t ngx_echelon_status_handler(ngx_echelon_ctx_t *ctx,
+    ngx_uint_t meta);
 ngx_int_t ngx_echelon_stripe_verify(ngx_str_t *header, ngx_str_t *body,
     ngx_str_t *secrets, ngx_uint_t nsecrets, time_t now, time_t tolerance,
     const char **reason);
@@ -318,54 +390,31 @@ ngx_int_t ngx_echelon_smtp_send(ngx_echelon_smtp_t *smtp,
     ngx_echelon_mail_t *mail, ngx_echelon_smtp_done_pt done, void *data);
 
 
-/*
- * Outbound HTTP/1.1 on nginx's event machinery (src/ngx_echelon_fetch.c):
- * peer connections, TLS with certificate and host verification, timeouts
- * and keepalive, with no client request behind it.
- */
-
-typedef struct ngx_echelon_fetch_s  ngx_echelon_fetch_t;
-
+/* SMS and WhatsApp through HTTP providers (src/ngx_echelon_text.c) */
 
 typedef struct {
-    ngx_str_t                   url;        /* http(s)://host[:port] */
-    ngx_addr_t                 *addrs;      /* resolved at configuration */
-    ngx_uint_t                  naddrs;
-    ngx_str_t                   host;       /* Host header, SNI, checks */
-    in_port_t                   port;
-    unsigned                    tls:1;
-} ngx_echelon_endpoint_t;
-
-
-typedef struct {
-    ngx_echelon_endpoint_t     *endpoint;
-    ngx_str_t                   method;     /* "POST" */
-    ngx_str_t                   path;       /* "/2010-04-01/..." */
-    ngx_str_t                   headers;    /* "Name: value\r\n"... */
+    ngx_str_t                   channel;        /* "sms", "whatsapp" */
+    ngx_str_t                   from;           /* E.164 */
+    ngx_str_t                   to;             /* E.164 */
     ngx_str_t                   body;
-    ngx_msec_t                  timeout;    /* the whole exchange */
-} ngx_echelon_fetch_req_t;
+    ngx_str_t                   delivery_id;    /* the idempotency key */
+    ngx_str_t                   account_id;
+} ngx_echelon_text_t;
 
 
-typedef struct {
-    ngx_uint_t                  status;     /* 0: no response at all */
-    ngx_str_t                   body;       /* at most 64 KB kept */
-    time_t                      retry_after;    /* seconds, or -1 */
-    ngx_str_t                   error;      /* why there is no response */
-} ngx_echelon_fetch_res_t;
+typedef void (*ngx_echelon_text_done_pt)(void *data, ngx_echelon_send_e rc,
+    ngx_str_t *provider_id, ngx_str_t *reason, time_t retry_after);
 
 
-typedef void (*ngx_echelon_fetch_done_pt)(void *data,
-    ngx_echelon_fetch_res_t *res);
-
-
-ngx_int_t ngx_echelon_endpoint_parse(ngx_conf_t *cf, ngx_str_t *url,
-    ngx_echelon_endpoint_t *ep);
-ngx_echelon_fetch_t *ngx_echelon_fetch_create(ngx_cycle_t *cycle);
-void ngx_echelon_fetch_destroy(ngx_echelon_fetch_t *fetch);
-ngx_int_t ngx_echelon_fetch(ngx_echelon_fetch_t *fetch,
-    ngx_echelon_fetch_req_t *req, ngx_echelon_fetch_done_pt done,
+const char *ngx_echelon_text_unavailable(ngx_echelon_main_conf_t *emcf,
+    ngx_str_t *channel);
+ngx_int_t ngx_echelon_text_send(ngx_echelon_main_conf_t *emcf,
+    ngx_pool_t *pool, ngx_echelon_text_t *msg, ngx_echelon_text_done_pt done,
     void *data);
+ngx_int_t ngx_echelon_twilio_verify(ngx_echelon_main_conf_t *emcf,
+    ngx_http_request_t *r, ngx_str_t *body);
+ngx_int_t ngx_echelon_meta_verify(ngx_echelon_main_conf_t *emcf,
+    ngx_str_t *header, ngx_str_t *body);
 
 
 extern ngx_module_t  ngx_http_echelon_module;

@@ -7,6 +7,10 @@
  */
 
 
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
 #include "ngx_echelon.h"
 
 
@@ -603,4 +607,50 @@ ngx_echelon_id_valid(ngx_str_t *id)
     }
 
     return 1;
+}
+
+
+/* HMAC with digest ("SHA1", "SHA256") over the parts, one after another */
+
+ngx_int_t
+ngx_echelon_hmac(const char *digest, ngx_str_t *key, ngx_str_t *parts,
+    ngx_uint_t nparts, u_char *md, size_t *len)
+{
+    EVP_MAC      *mac;
+    ngx_int_t     rc;
+    ngx_uint_t    i;
+    OSSL_PARAM    params[2];
+    EVP_MAC_CTX  *mctx;
+
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (mac == NULL) {
+        return NGX_ERROR;
+    }
+
+    mctx = EVP_MAC_CTX_new(mac);
+    EVP_MAC_free(mac);
+
+    if (mctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                 (char *) digest, 0);
+    params[1] = OSSL_PARAM_construct_end();
+
+    rc = EVP_MAC_init(mctx, key->data, key->len, params) ? NGX_OK : NGX_ERROR;
+
+    for (i = 0; rc == NGX_OK && i < nparts; i++) {
+        if (!EVP_MAC_update(mctx, parts[i].data, parts[i].len)) {
+            rc = NGX_ERROR;
+        }
+    }
+
+    if (rc == NGX_OK && !EVP_MAC_final(mctx, md, len, EVP_MAX_MD_SIZE)) {
+        rc = NGX_ERROR;
+    }
+
+    EVP_MAC_CTX_free(mctx);
+
+    return rc;
 }

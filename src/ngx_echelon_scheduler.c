@@ -44,11 +44,16 @@ typedef struct {
 
     ngx_str_t                   id;
     ngx_str_t                   token;
+    ngx_str_t                   account_id;
     ngx_uint_t                  attempts;
 
     const char                 *status;
     const char                 *outcome;
     ngx_str_t                   reason;
+    ngx_str_t                   provider_id;
+    time_t                      retry_after;
+    ngx_str_t                   channel;
+    ngx_str_t                   sender;
     ngx_str_t                   address;
     ngx_str_t                   subject;
     ngx_str_t                   body;
@@ -72,6 +77,9 @@ static ngx_int_t ngx_echelon_job_render(ngx_echelon_job_t *job,
     PGresult *res, int row, ngx_echelon_mail_t *mail);
 static void ngx_echelon_job_sent(void *data, ngx_echelon_send_e rc,
     ngx_str_t *reason);
+static void ngx_echelon_job_texted(void *data, ngx_echelon_send_e rc,
+    ngx_str_t *provider_id, ngx_str_t *reason, time_t retry_after);
+static ngx_int_t ngx_echelon_job_text(ngx_echelon_job_t *job);
 static void ngx_echelon_job_end(ngx_echelon_job_t *job, const char *status,
     const char *outcome, const char *reason);
 static void ngx_echelon_job_finish(ngx_echelon_job_t *job);
@@ -323,6 +331,9 @@ ngx_echelon_job_start(ngx_echelon_scheduler_t *sched, PGresult *res, int row)
 
     job->id = ngx_echelon_job_copy(job, res, row, "id");
     job->token = ngx_echelon_job_copy(job, res, row, "claim_token");
+    job->channel = ngx_echelon_job_copy(job, res, row, "channel");
+    job->account_id = ngx_echelon_job_copy(job, res, row, "account_id");
+    job->retry_after = -1;
 
     v = ngx_echelon_pg_value(res, row, "attempts");
     job->attempts = ngx_atoi(v.data, v.len);
@@ -341,12 +352,17 @@ ngx_echelon_job_start(ngx_echelon_scheduler_t *sched, PGresult *res, int row)
         return;
     }
 
-    rc = ngx_echelon_smtp_send(sched->emcf->smtp, &mail,
-                               ngx_echelon_job_sent, job);
+    if (!ngx_echelon_is(&job->channel, "email")) {
+        rc = ngx_echelon_job_text(job);
+
+    } else {
+        rc = ngx_echelon_smtp_send(sched->emcf->smtp, &mail,
+                                   ngx_echelon_job_sent, job);
+    }
 
     if (rc != NGX_OK) {
         ngx_echelon_job_end(job, "scheduled", "transient",
-                            "the SMTP transfer could not be started");
+                            "the transfer could not be started");
     }
 }
 
@@ -360,7 +376,8 @@ static ngx_int_t
 ngx_echelon_job_check(ngx_echelon_job_t *job, PGresult *res, int row,
     ngx_str_t *channel)
 {
-    ngx_str_t  v, event;
+    ngx_str_t    v, event;
+    const char  *reason;
 
     v = ngx_echelon_pg_value(res, row, "trigger_deleted");
     if (ngx_echelon_is(&v, "t")) {
@@ -406,20 +423,50 @@ ngx_echelon_job_check(ngx_echelon_job_t *job, PGresult *res, int row,
         return NGX_DECLINED;
     }
 
-    if (!ngx_echelon_is(channel, "email")) {
+    if (ngx_echelon_is(channel, "email")) {
+        job->address = ngx_echelon_job_copy(job, res, row, "email");
 
-        /* SMS and WhatsApp transports are not built yet */
+        if (job->address.len == 0) {
+            ngx_echelon_job_end(job, "skipped", NULL,
+                                "the contact has no email address");
+            return NGX_DECLINED;
+        }
 
+        return NGX_OK;
+    }
+
+    /* SMS and WhatsApp: the plan, the account's number, the contact's */
+
+    v = ngx_echelon_pg_value(res, row, "plan");
+    if (ngx_echelon_is(&v, "starter")) {
         ngx_echelon_job_end(job, "skipped", NULL,
-                            "this server has no transport for the channel");
+                            "the starter plan does not include this channel");
         return NGX_DECLINED;
     }
 
-    job->address = ngx_echelon_job_copy(job, res, row, "email");
+    job->sender = ngx_echelon_job_copy(job, res, row, "sender");
+    if (job->sender.len == 0) {
+        ngx_echelon_job_end(job, "skipped", NULL,
+                            ngx_echelon_is(channel, "sms")
+                            ? "the account has not connected SMS"
+                            : "the account has not connected WhatsApp");
+        return NGX_DECLINED;
+    }
 
+    job->address = ngx_echelon_job_copy(job, res, row,
+                                        ngx_echelon_is(channel, "sms")
+                                        ? "phone" : "whatsapp");
     if (job->address.len == 0) {
         ngx_echelon_job_end(job, "skipped", NULL,
-                            "the contact has no email address");
+                            ngx_echelon_is(channel, "sms")
+                            ? "the contact has no phone number"
+                            : "the contact has no WhatsApp number");
+        return NGX_DECLINED;
+    }
+
+    reason = ngx_echelon_text_unavailable(job->sched->emcf, channel);
+    if (reason) {
+        ngx_echelon_job_end(job, "skipped", NULL, reason);
         return NGX_DECLINED;
     }
 
@@ -478,12 +525,14 @@ ngx_echelon_job_render(ngx_echelon_job_t *job, PGresult *res, int row,
 
     tmpl = ngx_echelon_pg_value(res, row, "template_subject");
 
-    rc = tmpl.data ? ngx_echelon_render(job->pool, &tmpl, &vars,
-                                        &job->subject)
-                   : ngx_echelon_render_subject(job->pool, &vars,
-                                                &job->subject);
-    if (rc != NGX_OK) {
-        return NGX_ERROR;
+    if (ngx_echelon_is(&job->channel, "email")) {
+        rc = tmpl.data ? ngx_echelon_render(job->pool, &tmpl, &vars,
+                                            &job->subject)
+                       : ngx_echelon_render_subject(job->pool, &vars,
+                                                    &job->subject);
+        if (rc != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
 
     tmpl = ngx_echelon_pg_value(res, row, "template_body");
@@ -551,6 +600,69 @@ ngx_echelon_job_sent(void *data, ngx_echelon_send_e rc, ngx_str_t *reason)
 }
 
 
+static ngx_int_t
+ngx_echelon_job_text(ngx_echelon_job_t *job)
+{
+    ngx_echelon_text_t  msg;
+
+    msg.channel = job->channel;
+    msg.from = job->sender;
+    msg.to = job->address;
+    msg.body = job->body;
+    msg.delivery_id = job->id;
+    msg.account_id = job->account_id;
+
+    return ngx_echelon_text_send(job->sched->emcf, job->pool, &msg,
+                                 ngx_echelon_job_texted, job);
+}
+
+
+static void
+ngx_echelon_job_texted(void *data, ngx_echelon_send_e rc,
+    ngx_str_t *provider_id, ngx_str_t *reason, time_t retry_after)
+{
+    u_char             *p;
+    ngx_echelon_job_t  *job;
+
+    job = data;
+
+    if (provider_id->len) {
+        job->provider_id.data = ngx_pnalloc(job->pool, provider_id->len + 1);
+        if (job->provider_id.data) {
+            *ngx_cpymem(job->provider_id.data, provider_id->data,
+                        provider_id->len) = '\0';
+            job->provider_id.len = provider_id->len;
+        }
+    }
+
+    if (rc == NGX_ECHELON_SEND_OK) {
+        ngx_log_error(NGX_LOG_INFO, job->sched->log, 0,
+                      "echelon: delivery %V sent by %V in %M ms",
+                      &job->id, &job->channel,
+                      ngx_current_msec - job->started);
+
+        ngx_echelon_job_end(job, "sent", "sent", NULL);
+        return;
+    }
+
+    p = ngx_pnalloc(job->pool, reason->len + 1);
+    if (p) {
+        *ngx_cpymem(p, reason->data, reason->len) = '\0';
+    }
+
+    job->retry_after = retry_after;
+
+    if (rc == NGX_ECHELON_SEND_TRANSIENT) {
+        ngx_echelon_job_end(job, "scheduled", "transient",
+                            p ? (char *) p : "temporary failure");
+        return;
+    }
+
+    ngx_echelon_job_end(job, "failed", "permanent",
+                        p ? (char *) p : "permanent failure");
+}
+
+
 /*
  * What became of the delivery: a final status, or "scheduled" for another
  * attempt after a backoff, unless the attempts are used up
@@ -601,6 +713,16 @@ ngx_echelon_job_end(ngx_echelon_job_t *job, const char *status,
 
             jitter = delay / 5 ? ngx_random() % (delay / 5 + 1) : 0;
 
+            /* a provider's Retry-After is a floor */
+
+            if (job->retry_after > 0
+                && (ngx_uint_t) job->retry_after > delay + jitter)
+            {
+                delay = ngx_min((ngx_uint_t) job->retry_after,
+                                NGX_ECHELON_BACKOFF_MAX);
+                jitter = 0;
+            }
+
             job->retrying = 1;
             ngx_sprintf((u_char *) job->retry_in, "%ui%Z", delay + jitter);
         }
@@ -642,6 +764,7 @@ ngx_echelon_job_finish(ngx_echelon_job_t *job)
     ngx_echelon_pg_param_cstr(q, (const char *) job->body.data);
     ngx_echelon_pg_param_cstr(q, job->retrying ? job->retry_in : NULL);
     ngx_echelon_pg_param_cstr(q, job->outcome);
+    ngx_echelon_pg_param_cstr(q, (const char *) job->provider_id.data);
 
     ngx_echelon_pg_query(job->sched->emcf->pool, q);
 }

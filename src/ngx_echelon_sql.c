@@ -684,9 +684,106 @@
 
 
 
+/*
+ * version 3: provider status callbacks.  A status may arrive before the
+ * provider's answer to our request is written down: every status is kept,
+ * and finishing a delivery applies the ones already there.  Statuses only
+ * move forward: sent, then delivered or failed.
+ */
+
+#define NGX_ECHELON_SCHEMA_3                                                 \
+"CREATE TABLE provider_statuses ("                                           \
+"  account_id text NOT NULL REFERENCES accounts ON DELETE CASCADE,"          \
+"  provider_id text NOT NULL,"                                               \
+"  status text NOT NULL,"                                                    \
+"  reason text,"                                                             \
+"  received_at timestamptz NOT NULL DEFAULT now(),"                          \
+"  PRIMARY KEY (account_id, provider_id, status));"                          \
+"CREATE INDEX deliveries_provider ON deliveries (provider_id)"               \
+"  WHERE provider_id IS NOT NULL;"                                           \
+                                                                             \
+"CREATE FUNCTION echelon_apply_status(p_account text, p_provider text,"      \
+"    p_status text, p_reason text) RETURNS integer "                         \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE n integer; "                                                        \
+"BEGIN "                                                                     \
+"  UPDATE deliveries SET status = p_status,"                                 \
+"         delivered_at = CASE WHEN p_status = 'delivered' THEN now()"        \
+"                             ELSE delivered_at END,"                        \
+"         reason = CASE WHEN p_status = 'failed' THEN p_reason"              \
+"                       ELSE reason END,"                                    \
+"         updated_at = now()"                                                \
+"   WHERE account_id = p_account AND provider_id = p_provider"               \
+"     AND status = 'sent' AND p_status IN ('delivered', 'failed'); "         \
+"  GET DIAGNOSTICS n = ROW_COUNT; "                                          \
+"  RETURN n; "                                                               \
+"END $fn$;"                                                                  \
+                                                                             \
+"CREATE FUNCTION echelon_provider_statuses(p_account text, p jsonb)"         \
+"    RETURNS integer "                                                       \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE s record; n integer := 0; "                                         \
+"BEGIN "                                                                     \
+"  FOR s IN SELECT * FROM jsonb_to_recordset(p)"                             \
+"             AS x(id text, status text, reason text) LOOP "                 \
+"    IF s.id IS NULL OR length(s.id) > 255 OR s.status IS NULL THEN "        \
+"      CONTINUE; "                                                           \
+"    END IF; "                                                               \
+"    INSERT INTO provider_statuses (account_id, provider_id, status, reason)"\
+"    VALUES (p_account, s.id, s.status, left(s.reason, 500))"                \
+"    ON CONFLICT DO NOTHING; "                                               \
+"    n := n + echelon_apply_status(p_account, s.id, s.status, s.reason); "   \
+"  END LOOP; "                                                               \
+"  RETURN n; "                                                               \
+"END $fn$;"                                                                  \
+                                                                             \
+/* a claim's result; a stale claim (another token) changes nothing */       \
+"CREATE FUNCTION echelon_finish(p_id text, p_token bigint, p_status text,"   \
+"    p_reason text, p_address text, p_subject text, p_body text,"            \
+"    p_retry integer, p_outcome text, p_provider text) RETURNS boolean "     \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE d deliveries; s record; "                                           \
+"BEGIN "                                                                     \
+"  UPDATE deliveries SET"                                                    \
+"         status = CASE WHEN p_retry IS NULL THEN p_status"                  \
+"                       ELSE 'scheduled' END,"                               \
+"         due_at = CASE WHEN p_retry IS NULL THEN due_at"                    \
+"                  ELSE now() + make_interval(secs => p_retry) END,"         \
+"         reason = p_reason,"                                                \
+"         address = coalesce(p_address, address),"                           \
+"         subject = coalesce(p_subject, subject),"                           \
+"         body = coalesce(p_body, body),"                                    \
+"         provider_id = coalesce(p_provider, provider_id),"                  \
+"         attempts = attempts + CASE WHEN p_outcome IS NULL THEN 0"          \
+"                                    ELSE 1 END,"                            \
+"         sent_at = CASE WHEN p_status = 'sent' THEN now()"                  \
+"                        ELSE sent_at END,"                                  \
+"         lease_until = NULL, claim_token = NULL, updated_at = now()"        \
+"   WHERE id = p_id AND claim_token = p_token"                               \
+"  RETURNING * INTO d; "                                                     \
+"  IF d.id IS NULL THEN RETURN false; END IF; "                              \
+"  IF p_outcome IS NOT NULL THEN "                                           \
+"    INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error)"   \
+"    VALUES (d.id, d.attempts, p_outcome, p_reason); "                       \
+"  END IF; "                                                                 \
+"  IF p_provider IS NOT NULL AND d.status = 'sent' THEN "                    \
+"    FOR s IN SELECT status, reason FROM provider_statuses"                  \
+"              WHERE account_id = d.account_id AND provider_id = p_provider" \
+"              ORDER BY received_at LOOP "                                   \
+"      PERFORM echelon_apply_status(d.account_id, p_provider, s.status,"     \
+"                                   s.reason); "                             \
+"    END LOOP; "                                                             \
+"  END IF; "                                                                 \
+"  RETURN true; "                                                            \
+"END $fn$;"                                                                  \
+                                                                             \
+"INSERT INTO echelon_schema (version) VALUES (3);"
+
+
 ngx_echelon_migration_t  ngx_echelon_migrations[] = {
     { 1, NGX_ECHELON_SCHEMA_1 NGX_ECHELON_SCHEMA_1_FUNCTIONS },
     { 2, NGX_ECHELON_SCHEMA_2 },
+    { 3, NGX_ECHELON_SCHEMA_3 },
     { 0, NULL }
 };
 
@@ -1083,6 +1180,7 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
       "    FROM due WHERE d.id = due.id"
       "  RETURNING d.*) "
       "SELECT d.id, d.claim_token, d.attempts, d.channel, d.event,"
+      "       d.account_id,"
       "       c.name AS contact_name, c.email, c.phone, c.whatsapp,"
       "       i.id AS invoice_id, i.number, i.amount_due, i.currency,"
       "       to_char(i.due_at AT TIME ZONE c.timezone, 'FMMonth FMDD, YYYY')"
@@ -1106,28 +1204,16 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
     /*
      * NGX_ECHELON_SQL_FINISH: $1 delivery, $2 claim token, $3 status,
      * $4 reason, $5 address, $6 subject, $7 body, $8 retry in seconds
-     * (NULL when final), $9 attempt outcome (NULL when nothing was sent);
-     * a stale claim (another token) changes nothing
+     * (NULL when final), $9 attempt outcome (NULL when nothing was sent),
+     * $10 the provider's message id
      */
     { "echelon_finish",
-      "WITH d AS ("
-      "  UPDATE deliveries SET"
-      "         status = CASE WHEN $8::integer IS NULL THEN $3"
-      "                       ELSE 'scheduled' END,"
-      "         due_at = CASE WHEN $8::integer IS NULL THEN due_at"
-      "                  ELSE now() + make_interval(secs => $8::integer) END,"
-      "         reason = $4,"
-      "         address = coalesce($5, address),"
-      "         subject = coalesce($6, subject),"
-      "         body = coalesce($7, body),"
-      "         attempts = attempts + CASE WHEN $9::text IS NULL THEN 0"
-      "                                    ELSE 1 END,"
-      "         sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,"
-      "         lease_until = NULL, claim_token = NULL, updated_at = now()"
-      "   WHERE id = $1 AND claim_token = $2::bigint"
-      "  RETURNING id, attempts) "
-      "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error) "
-      "SELECT id, attempts, $9, $4 FROM d WHERE $9::text IS NOT NULL", 9 },
+      "SELECT echelon_finish($1, $2::bigint, $3, $4, $5, $6, $7,"
+      "                      $8::integer, $9, $10) AS finished", 10 },
+
+    /* NGX_ECHELON_SQL_PROVIDER_STATUS: $1 account, $2 JSON statuses */
+    { "echelon_provider_status",
+      "SELECT echelon_provider_statuses($1, $2::jsonb) AS applied", 2 },
 
     { NULL, NULL, 0 }
 };

@@ -10,10 +10,8 @@
  */
 
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
 
 #include "ngx_echelon.h"
 
@@ -35,45 +33,54 @@ static ngx_int_t ngx_echelon_stripe_hmac(ngx_str_t *secret, ngx_str_t *t,
 ngx_int_t
 ngx_echelon_webhooks_handler(ngx_http_request_t *r)
 {
+    ngx_str_t          *provider;
     ngx_echelon_ctx_t  *ctx;
-
-    if (r->method != NGX_HTTP_POST) {
-        ngx_http_discard_request_body(r);
-        return ngx_echelon_send_error(r, NGX_HTTP_NOT_ALLOWED,
-                                      "method_not_allowed",
-                                      "webhooks accept POST only", NULL);
-    }
 
     ctx = ngx_echelon_ctx_create(r);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* /webhooks/{stripe,twilio,meta}/{account} */
+
     ctx->nparts = ngx_echelon_split_path(&r->uri, 1, ctx->path, 4);
 
-    if (ctx->nparts < 2 || ctx->nparts > 4
-        || ctx->path[ctx->nparts - 2].len != sizeof("stripe") - 1
-        || ngx_strncmp(ctx->path[ctx->nparts - 2].data, "stripe",
-                       sizeof("stripe") - 1) != 0)
-    {
+    if (ctx->nparts != 3 || !ngx_echelon_id_valid(&ctx->path[2])) {
         ngx_http_discard_request_body(r);
         return ngx_echelon_send_error(r, NGX_HTTP_NOT_FOUND, "not_found",
                                       "no such webhook endpoint", NULL);
     }
 
-    ctx->account_id = ctx->path[ctx->nparts - 1];
-
-    if (ctx->nparts != 3 || !ngx_echelon_id_valid(&ctx->account_id)) {
-        ngx_http_discard_request_body(r);
-        return ngx_echelon_send_error(r, NGX_HTTP_NOT_FOUND, "not_found",
-                                      "no such webhook endpoint", NULL);
-    }
+    ctx->account_id = ctx->path[2];
+    provider = &ctx->path[1];
 
     if (ctx->emcf->pool == NULL) {
         ngx_http_discard_request_body(r);
         return ngx_echelon_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                       "store_unavailable",
                                       "no database is configured", NULL);
+    }
+
+    if (provider->len == 6 && ngx_strncmp(provider->data, "twilio", 6) == 0) {
+        return ngx_echelon_status_handler(ctx, 0);
+    }
+
+    if (provider->len == 4 && ngx_strncmp(provider->data, "meta", 4) == 0) {
+        return ngx_echelon_status_handler(ctx, 1);
+    }
+
+    if (provider->len != 6 || ngx_strncmp(provider->data, "stripe", 6) != 0)
+    {
+        ngx_http_discard_request_body(r);
+        return ngx_echelon_send_error(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                      "no such webhook endpoint", NULL);
+    }
+
+    if (r->method != NGX_HTTP_POST) {
+        ngx_http_discard_request_body(r);
+        return ngx_echelon_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                      "method_not_allowed",
+                                      "webhooks accept POST only", NULL);
     }
 
     return ngx_echelon_read_body(r, ngx_echelon_webhook_body);
@@ -329,45 +336,21 @@ static ngx_int_t
 ngx_echelon_stripe_hmac(ngx_str_t *secret, ngx_str_t *t, ngx_str_t *body,
     u_char *hex)
 {
-    u_char        md[EVP_MAX_MD_SIZE];
-    size_t        len;
-    EVP_MAC      *mac;
-    ngx_int_t     rc;
-    OSSL_PARAM    params[2];
-    EVP_MAC_CTX  *mctx;
+    u_char     md[EVP_MAX_MD_SIZE];
+    size_t     len;
+    ngx_str_t  parts[3];
 
-    /* OpenSSL keeps fetched algorithms cached: a fetch is a lookup */
+    parts[0] = *t;
+    ngx_str_set(&parts[1], ".");
+    parts[2] = *body;
 
-    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (mac == NULL) {
-        return NGX_ERROR;
-    }
-
-    mctx = EVP_MAC_CTX_new(mac);
-    EVP_MAC_free(mac);
-
-    if (mctx == NULL) {
-        return NGX_ERROR;
-    }
-
-    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                                 (char *) "SHA256", 0);
-    params[1] = OSSL_PARAM_construct_end();
-
-    rc = NGX_ERROR;
-
-    if (EVP_MAC_init(mctx, secret->data, secret->len, params)
-        && EVP_MAC_update(mctx, t->data, t->len)
-        && EVP_MAC_update(mctx, (u_char *) ".", 1)
-        && EVP_MAC_update(mctx, body->data, body->len)
-        && EVP_MAC_final(mctx, md, &len, sizeof(md))
-        && len == 32)
+    if (ngx_echelon_hmac("SHA256", secret, parts, 3, md, &len) != NGX_OK
+        || len != 32)
     {
-        ngx_hex_dump(hex, md, len);
-        rc = NGX_OK;
+        return NGX_ERROR;
     }
 
-    EVP_MAC_CTX_free(mctx);
+    ngx_hex_dump(hex, md, len);
 
-    return rc;
+    return NGX_OK;
 }

@@ -40,14 +40,9 @@ our $other_inv = Echelon::sql("INSERT INTO invoices (account_id, "
     . "contact_id, amount_due, currency) VALUES ('$other', '$other_ctc', 1, "
     . "'usd') RETURNING id");
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('http_config', Echelon::http_config())
-        unless defined $block->http_config;
-    $block->set_value('config', <<'CONF') unless defined $block->config;
+Echelon::default_blocks(Echelon::http_config(), <<'CONF');
     location /v1/ { echelon_api; }
 CONF
-});
 
 no_shuffle();
 no_long_string();

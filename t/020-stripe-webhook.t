@@ -42,15 +42,10 @@ our $large = Echelon::stripe_event('invoice.finalized',
 
 our $activity = "GET /v1/employees/$ENV{TEST_NGINX_EMPLOYEE}/activity";
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('http_config', Echelon::http_config())
-        unless defined $block->http_config;
-    $block->set_value('config', <<'CONF') unless defined $block->config;
+Echelon::default_blocks(Echelon::http_config(), <<'CONF');
     location /v1/ { echelon_api; }
     location /webhooks/ { echelon_webhooks; }
 CONF
-});
 
 no_shuffle();
 no_long_string();

@@ -33,15 +33,10 @@ our $bad_email = Echelon::stripe_event('invoice.finalized',
 our $long_id = Echelon::stripe_event('invoice.finalized',
     Echelon::stripe_invoice(number => 'LONG-1'), id => 'evt_' . 'x' x 6000);
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('http_config', Echelon::http_config())
-        unless defined $block->http_config;
-    $block->set_value('config', <<'CONF') unless defined $block->config;
+Echelon::default_blocks(Echelon::http_config(), <<'CONF');
     location /v1/ { echelon_api; }
     location /webhooks/ { echelon_webhooks; }
 CONF
-});
 
 no_shuffle();
 no_long_string();

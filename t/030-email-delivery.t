@@ -45,12 +45,8 @@ our $yen = Echelon::stripe_event('invoice.finalized',
 our $auth = "Authorization: Bearer $ENV{TEST_NGINX_API_KEY}";
 our $activity = "GET /v1/employees/$ENV{TEST_NGINX_EMPLOYEE}/activity";
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('http_config',
-                      Echelon::http_config(extra => 'echelon_max_attempts 2;'))
-        unless defined $block->http_config;
-    $block->set_value('config', <<"CONF") unless defined $block->config;
+Echelon::default_blocks(
+    Echelon::http_config(extra => 'echelon_max_attempts 2;'), <<"CONF");
     location /v1/ { echelon_api; }
     location /webhooks/ { echelon_webhooks; }
     location = /t/mail {
@@ -58,7 +54,6 @@ add_block_preprocessor(sub {
         alias $ENV{TEST_NGINX_MAIL_DIR}/latest;
     }
 CONF
-});
 
 no_shuffle();
 no_long_string();

@@ -22,16 +22,11 @@ our $event = Echelon::stripe_event('invoice.finalized',
 # nginx has no sleep; a slow response is the pause between two requests
 our $pause = 'x' x 250;
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('http_config', Echelon::http_config())
-        unless defined $block->http_config;
-    $block->set_value('config', <<"CONF") unless defined $block->config;
+Echelon::default_blocks(Echelon::http_config(), <<"CONF");
     location /v1/ { echelon_api; }
     location /webhooks/ { echelon_webhooks; }
     location = /t/pause { limit_rate 100; return 200 "$main::pause"; }
 CONF
-});
 
 no_shuffle();
 no_long_string();

@@ -72,18 +72,13 @@ sub activity {
            . ($query ? "?$query" : '');
 }
 
-add_block_preprocessor(sub {
-    my $block = shift;
-    $block->set_value('http_config', Echelon::http_config())
-        unless defined $block->http_config;
-    $block->set_value('config', <<"CONF") unless defined $block->config;
+Echelon::default_blocks(Echelon::http_config(), <<"CONF");
     location /v1/ { echelon_api; }
     location = /t/mail {
         default_type text/plain;
         alias $ENV{TEST_NGINX_MAIL_DIR}/latest;
     }
 CONF
-});
 
 no_shuffle();
 no_long_string();

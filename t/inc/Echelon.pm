@@ -74,7 +74,7 @@ sub http_config {
     my (%o) = @_;
     my $smtp = $ENV{TEST_NGINX_SMTP_PORT} || 2525;
     my $extra = $o{extra} || '';
-    return <<"CONF";
+    my $conf = <<"CONF";
     echelon_database "$ENV{TEST_NGINX_DB}";
     echelon_admin_token "$ADMIN_TOKEN";
     echelon_database_pool 4;
@@ -85,9 +85,16 @@ sub http_config {
     echelon_smtp_from "Echelon Tests <billing\@echelon.test>";
     echelon_smtp_timeout 5s;
     echelon_scheduler_lease 30s;
-    $extra
 CONF
+
+    # a directive in extra replaces the default of the same name
+    for my $name ($extra =~ /^\s*(\w+)/mg) {
+        $conf =~ s/^\s*\Q$name\E\s[^\n]*\n//m;
+    }
+
+    return $conf . $extra;
 }
+
 
 sub main_config {
     return "";
@@ -98,38 +105,10 @@ sub main_config {
 sub with_server {
     my ($code, %o) = @_;
     my $binary = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
-    my $module = env_or_die('TEST_NGINX_MODULE');
     my $port = ($ENV{TEST_NGINX_SERVER_PORT} || 1984) + 100;
     my $dir = "$ROOT/t/servroot-setup";
 
-    remove_tree($dir);
-    make_path("$dir/conf", "$dir/logs", "$dir/tmp");
-
-    my $http = http_config(extra => 'echelon_scheduler off;');
-    open(my $fh, '>', "$dir/conf/nginx.conf") or die $!;
-    print $fh <<"CONF";
-load_module $module;
-daemon on;
-master_process off;
-worker_processes 1;
-error_log $dir/logs/error.log info;
-pid $dir/logs/nginx.pid;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp;
-    proxy_temp_path $dir/tmp;
-    fastcgi_temp_path $dir/tmp;
-    uwsgi_temp_path $dir/tmp;
-    scgi_temp_path $dir/tmp;
-$http
-    server {
-        listen 127.0.0.1:$port;
-        location /v1/ { echelon_api; }
-    }
-}
-CONF
-    close($fh);
+    write_conf($dir, $port, http_config(extra => 'echelon_scheduler off;'));
 
     system($binary, '-p', "$dir/", '-c', "$dir/conf/nginx.conf") == 0
         or die "could not start the set-up nginx; see $dir/logs/error.log\n";
@@ -152,6 +131,57 @@ CONF
     }
 
     die $err unless $ok;
+}
+
+# An nginx.conf of our own under $dir: the module, the http{} directives
+# given, and the API on 127.0.0.1:$port; master and workers on request.
+sub write_conf {
+    my ($dir, $port, $http, %o) = @_;
+    my $module = env_or_die('TEST_NGINX_MODULE');
+    my $master = $o{workers} ? 'on' : 'off';
+    my $workers = $o{workers} || 1;
+
+    remove_tree($dir);
+    make_path("$dir/conf", "$dir/logs", "$dir/tmp");
+
+    open(my $fh, '>', "$dir/conf/nginx.conf") or die $!;
+    print $fh <<"CONF";
+load_module $module;
+daemon on;
+master_process $master;
+worker_processes $workers;
+error_log $dir/logs/error.log info;
+pid $dir/logs/nginx.pid;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp;
+    proxy_temp_path $dir/tmp;
+    fastcgi_temp_path $dir/tmp;
+    uwsgi_temp_path $dir/tmp;
+    scgi_temp_path $dir/tmp;
+$http
+    server {
+        listen 127.0.0.1:$port;
+        location /v1/ { echelon_api; }
+        location /webhooks/ { echelon_webhooks; }
+    }
+}
+CONF
+    close($fh);
+}
+
+# Every block of a suite gets these http{} directives and server{}
+# locations unless it says otherwise.
+sub default_blocks {
+    my ($http, $config) = @_;
+    main::add_block_preprocessor(sub {
+        my $block = shift;
+        $block->set_value('http_config', $http)
+            unless defined $block->http_config;
+        $block->set_value('config', $config)
+            unless defined $block->config;
+    });
 }
 
 sub wait_until {

@@ -1,0 +1,49 @@
+# shellcheck shell=bash
+# Item 5, never blocked: the p99 latency of a cheap API call (GET
+# /v1/account with an API key; wrk, 16 connections) while another
+# request's query waits 2 s in PostgreSQL, against the same p99 without it.
+#
+# How a query is held: bench/hold.sh, for as long as wrk runs, over and
+# over: psql takes LOCK TABLE events IN EXCLUSIVE MODE in a transaction
+# that lasts 2 s (pg_sleep), and 0.2 s after it took the lock a signed
+# webhook is POSTed with curl; its INSERT INTO events waits for the lock,
+# so that request's query is held ~1.8 s in the database while it occupies
+# one of the worker's pooled connections. The lock does not touch the
+# tables GET /v1/account reads. hold.sh logs each webhook's status and
+# time, so that the hold is visible in the raw output.
+
+BLOCKED_CONNECTIONS=16
+
+measure_blocked() {
+    local r p99 p99_held url
+    say "item 5: never blocked, $BENCH_ROUNDS rounds"
+    url="http://127.0.0.1:$BENCH_PORT/v1/account"
+    for r in $(seq "$BENCH_ROUNDS"); do
+        run_recorded "blocked-anchor-r$r" wrk -t 2 -c "$BLOCKED_CONNECTIONS" \
+            -d "${BENCH_SECONDS}s" --latency \
+            -H "Authorization: Bearer $API_KEY" "$url"
+        p99=$(wrk_percentile_ms "$OUT/raw/blocked-anchor-r$r.txt" 99)
+        wrk_check "$OUT/raw/blocked-anchor-r$r.txt" \
+            && record blocked anchor "$r" "$p99" ms "$CMD_ID"
+
+        "$BENCH_DIR/hold.sh" "$((BENCH_SECONDS + 1))" "$r" \
+            > "$OUT/raw/blocked-hold-r$r.txt" 2>&1 &
+        LOCKER_PID=$!
+        sleep 0.5
+        run_recorded "blocked-echelon-r$r" wrk -t 2 \
+            -c "$BLOCKED_CONNECTIONS" -d "${BENCH_SECONDS}s" --latency \
+            -H "Authorization: Bearer $API_KEY" "$url"
+        wait "$LOCKER_PID" || say "WARNING: hold.sh failed (see raw/blocked-hold-r$r.txt)"
+        LOCKER_PID=
+        echo "held by: $BENCH_DIR/hold.sh $((BENCH_SECONDS + 1)) $r" \
+            >> "$OUT/commands.txt"
+        p99_held=$(wrk_percentile_ms "$OUT/raw/blocked-echelon-r$r.txt" 99)
+        if wrk_check "$OUT/raw/blocked-echelon-r$r.txt" \
+            && grep -q '^held ' "$OUT/raw/blocked-hold-r$r.txt"; then
+            record blocked echelon "$r" "$p99_held" ms "$CMD_ID"
+        else
+            say "WARNING: round $r of item 5 is void (no request was held)"
+        fi
+        say "  round $r: p99 ${p99_held:-?} ms with a query held, ${p99:-?} ms without"
+    done
+}
