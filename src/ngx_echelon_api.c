@@ -125,6 +125,10 @@ static json_t *ngx_echelon_invoice_json(PGresult *res, int row);
 static ngx_int_t ngx_echelon_payment_create(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_payment_created(ngx_echelon_ctx_t *ctx,
     PGresult *res);
+static ngx_int_t ngx_echelon_channels_param(ngx_echelon_ctx_t *ctx,
+    json_t *channels, ngx_int_t *rc);
+static ngx_int_t ngx_echelon_not_connected(ngx_echelon_ctx_t *ctx,
+    ngx_str_t *channel);
 static ngx_int_t ngx_echelon_check_template(ngx_echelon_ctx_t *ctx,
     json_t *tmpl, ngx_uint_t subject_required, ngx_str_t *subject,
     ngx_str_t *body, ngx_int_t *rc);
@@ -1067,11 +1071,9 @@ ngx_echelon_channel_listed(ngx_echelon_ctx_t *ctx, PGresult *res)
 static ngx_int_t
 ngx_echelon_employee_create(ngx_echelon_ctx_t *ctx)
 {
-    char       *text;
-    size_t      i;
-    json_t     *channels, *ch;
+    json_t     *channels;
     ngx_int_t   rc;
-    ngx_str_t   name, role, tone, kind, v;
+    ngx_str_t   name, role, tone;
 
     rc = ngx_echelon_parse_body(ctx);
     if (ctx->json == NULL) {
@@ -1112,60 +1114,12 @@ ngx_echelon_employee_create(ngx_echelon_ctx_t *ctx)
         json_object_set_new(ctx->json, "channels", channels);
     }
 
-    if (!json_is_array(channels) || json_array_size(channels) == 0
-        || json_array_size(channels) > 3)
-    {
-        return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST, "invalid_type",
-                                  "channels", "\"channels\" must be a list "
-                                  "of 1 to 3 channels");
-    }
-
-    json_array_foreach(channels, i, ch) {
-        if (!json_is_string(ch)) {
-            return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
-                                      "invalid_type", "channels",
-                                      "each channel must be a string");
-        }
-
-        kind.data = (u_char *) json_string_value(ch);
-        kind.len = json_string_length(ch);
-
-        if (ngx_echelon_field_enum(ctx, "channels", &kind,
-                                   ngx_echelon_channels, &rc) != NGX_OK)
-        {
-            return rc;
-        }
-
-        if (!ngx_echelon_plan_allows(&ctx->account_plan, &kind)) {
-            return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
-                                      "channel_not_in_plan", "channels",
-                                      "the %V plan does not include %V",
-                                      &ctx->account_plan, &kind);
-        }
-
-        if (i && ngx_echelon_json_has(channels, i, ch)) {
-            return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
-                                      "duplicate_value", "channels",
-                                      "%V is listed twice", &kind);
-        }
-    }
-
-    text = json_dumps(channels, JSON_COMPACT);
-    if (text == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    v.data = (u_char *) text;
-    v.len = ngx_strlen(text);
-
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) name.data);
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) role.data);
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) tone.data);
-    rc = ngx_echelon_param(ctx, &v);
-    free(text);
 
-    if (rc != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (ngx_echelon_channels_param(ctx, channels, &rc) != NGX_OK) {
+        return rc;
     }
 
     ctx->query.sql = NGX_ECHELON_SQL_EMPLOYEE_CREATE;
@@ -1189,10 +1143,7 @@ ngx_echelon_employee_created(ngx_echelon_ctx_t *ctx, PGresult *res)
     missing = ngx_echelon_pg_value(res, 0, "missing_channel");
 
     if (missing.data) {
-        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
-                                  "channel_not_connected", "channels",
-                                  "connect %V first with PUT /v1/channels/%V",
-                                  &missing, &missing);
+        return ngx_echelon_not_connected(ctx, &missing);
     }
 
     return ngx_echelon_send_json(ctx->request, NGX_HTTP_CREATED,
@@ -1943,11 +1894,9 @@ ngx_echelon_account_planned(ngx_echelon_ctx_t *ctx, PGresult *res)
 static ngx_int_t
 ngx_echelon_employee_patch(ngx_echelon_ctx_t *ctx)
 {
-    char       *text;
-    size_t      i;
-    json_t     *channels, *ch, *enabled;
+    json_t     *channels, *enabled;
     ngx_int_t   rc;
-    ngx_str_t   name, tone, kind, v;
+    ngx_str_t   name, tone;
 
     rc = ngx_echelon_parse_body(ctx);
     if (ctx->json == NULL) {
@@ -1983,65 +1932,20 @@ ngx_echelon_employee_patch(ngx_echelon_ctx_t *ctx)
                                   "false");
     }
 
-    channels = json_object_get(ctx->json, "channels");
-    text = NULL;
-
-    if (channels) {
-        if (!json_is_array(channels) || json_array_size(channels) == 0
-            || json_array_size(channels) > 3)
-        {
-            return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
-                                      "invalid_type", "channels",
-                                      "\"channels\" must be a list of 1 to "
-                                      "3 channels");
-        }
-
-        json_array_foreach(channels, i, ch) {
-            if (!json_is_string(ch)) {
-                return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
-                                          "invalid_type", "channels",
-                                          "each channel must be a string");
-            }
-
-            kind.data = (u_char *) json_string_value(ch);
-            kind.len = json_string_length(ch);
-
-            if (ngx_echelon_field_enum(ctx, "channels", &kind,
-                                       ngx_echelon_channels, &rc) != NGX_OK)
-            {
-                return rc;
-            }
-
-            if (!ngx_echelon_plan_allows(&ctx->account_plan, &kind)) {
-                return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
-                                          "channel_not_in_plan", "channels",
-                                          "the %V plan does not include %V",
-                                          &ctx->account_plan, &kind);
-            }
-        }
-
-        text = json_dumps(channels, JSON_COMPACT);
-        if (text == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
     if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
-        free(text);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) name.data);
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) tone.data);
 
-    v.data = (u_char *) text;
-    v.len = text ? ngx_strlen(text) : 0;
+    channels = json_object_get(ctx->json, "channels");
 
-    rc = ngx_echelon_param(ctx, &v);
-    free(text);
+    if (channels == NULL) {
+        ngx_echelon_pg_param_cstr(&ctx->query, NULL);
 
-    if (rc != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    } else if (ngx_echelon_channels_param(ctx, channels, &rc) != NGX_OK) {
+        return rc;
     }
 
     ngx_echelon_pg_param_cstr(&ctx->query,
@@ -2075,10 +1979,7 @@ ngx_echelon_employee_patched(ngx_echelon_ctx_t *ctx, PGresult *res)
     missing = ngx_echelon_pg_value(res, 0, "missing_channel");
 
     if (missing.data) {
-        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
-                                  "channel_not_connected", "channels",
-                                  "connect %V first with PUT /v1/channels/%V",
-                                  &missing, &missing);
+        return ngx_echelon_not_connected(ctx, &missing);
     }
 
     return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
@@ -2719,6 +2620,93 @@ ngx_echelon_payment_created(ngx_echelon_ctx_t *ctx, PGresult *res)
                          ngx_echelon_json_column(res, 0, "invoice_status"),
                          "amount_paid",
                          (json_int_t) ngx_atoof(paid.data, paid.len)));
+}
+
+
+/*
+ * "channels": 1 to 3 distinct channels the plan allows, appended to the
+ * statement as a JSON array; NGX_ERROR with the answer sent and *rc set
+ */
+
+static ngx_int_t
+ngx_echelon_channels_param(ngx_echelon_ctx_t *ctx, json_t *channels,
+    ngx_int_t *rc)
+{
+    char       *text;
+    size_t      i;
+    json_t     *ch;
+    ngx_str_t   kind, v;
+
+    if (!json_is_array(channels) || json_array_size(channels) == 0
+        || json_array_size(channels) > 3)
+    {
+        *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST, "invalid_type",
+                                 "channels", "\"channels\" must be a list "
+                                 "of 1 to 3 channels");
+        return NGX_ERROR;
+    }
+
+    json_array_foreach(channels, i, ch) {
+        if (!json_is_string(ch)) {
+            *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                     "invalid_type", "channels",
+                                     "each channel must be a string");
+            return NGX_ERROR;
+        }
+
+        kind.data = (u_char *) json_string_value(ch);
+        kind.len = json_string_length(ch);
+
+        if (ngx_echelon_field_enum(ctx, "channels", &kind,
+                                   ngx_echelon_channels, rc) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (!ngx_echelon_plan_allows(&ctx->account_plan, &kind)) {
+            *rc = ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                     "channel_not_in_plan", "channels",
+                                     "the %V plan does not include %V",
+                                     &ctx->account_plan, &kind);
+            return NGX_ERROR;
+        }
+
+        if (i && ngx_echelon_json_has(channels, i, ch)) {
+            *rc = ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                     "duplicate_value", "channels",
+                                     "%V is listed twice", &kind);
+            return NGX_ERROR;
+        }
+    }
+
+    text = json_dumps(channels, JSON_COMPACT);
+    if (text == NULL) {
+        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
+    }
+
+    v.data = (u_char *) text;
+    v.len = ngx_strlen(text);
+
+    if (ngx_echelon_param(ctx, &v) != NGX_OK) {
+        free(text);
+        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
+    }
+
+    free(text);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_echelon_not_connected(ngx_echelon_ctx_t *ctx, ngx_str_t *channel)
+{
+    return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                              "channel_not_connected", "channels",
+                              "connect %V first with PUT /v1/channels/%V",
+                              channel, channel);
 }
 
 
