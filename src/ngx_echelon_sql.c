@@ -780,10 +780,30 @@
 "INSERT INTO echelon_schema (version) VALUES (3);"
 
 
+/* version 4: the activity feed's one shape, for every list of it */
+
+#define NGX_ECHELON_SCHEMA_4                                                 \
+"CREATE VIEW echelon_feed AS "                                               \
+"SELECT d.id, d.account_id, d.employee_id, d.trigger_id, d.event,"           \
+"       d.channel, d.contact_id, c.name AS contact_name,"                    \
+"       coalesce(d.address, CASE d.channel WHEN 'email' THEN c.email"        \
+"                WHEN 'sms' THEN c.phone ELSE c.whatsapp END) AS address,"   \
+"       d.invoice_id, d.status, d.reason, d.attempts,"                       \
+"       echelon_time(d.due_at) AS due_at,"                                   \
+"       echelon_time(d.sent_at) AS sent_at,"                                 \
+"       echelon_time(d.delivered_at) AS delivered_at,"                       \
+"       echelon_time(d.created_at) AS created_at,"                           \
+"       d.created_at AS created, d.subject, d.body"                          \
+"  FROM deliveries d JOIN contacts c ON c.id = d.contact_id;"                \
+                                                                             \
+"INSERT INTO echelon_schema (version) VALUES (4);"
+
+
 ngx_echelon_migration_t  ngx_echelon_migrations[] = {
     { 1, NGX_ECHELON_SCHEMA_1 NGX_ECHELON_SCHEMA_1_FUNCTIONS },
     { 2, NGX_ECHELON_SCHEMA_2 },
     { 3, NGX_ECHELON_SCHEMA_3 },
+    { 4, NGX_ECHELON_SCHEMA_4 },
     { 0, NULL }
 };
 
@@ -931,43 +951,33 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
      * $4 channel, $5 contact, $6 since, $7 cursor, $8 limit
      */
     { "echelon_activity",
-      "SELECT d.id, d.trigger_id, d.event, d.channel, d.contact_id,"
-      "       c.name AS contact_name,"
-      "       coalesce(d.address, CASE d.channel WHEN 'email' THEN c.email"
-      "                WHEN 'sms' THEN c.phone ELSE c.whatsapp END)"
-      "         AS address,"
-      "       d.invoice_id, d.status, d.reason, d.attempts,"
-      "       echelon_time(d.due_at) AS due_at,"
-      "       echelon_time(d.sent_at) AS sent_at,"
-      "       echelon_time(d.delivered_at) AS delivered_at,"
-      "       echelon_time(d.created_at) AS created_at, d.subject "
-      "  FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
-      " WHERE d.account_id = $1 AND d.employee_id = $2"
-      "   AND ($3::text IS NULL OR d.status = $3)"
-      "   AND ($4::text IS NULL OR d.channel = $4)"
-      "   AND ($5::text IS NULL OR d.contact_id = $5)"
-      "   AND ($6::timestamptz IS NULL OR d.created_at >= $6)"
-      "   AND ($7::text IS NULL OR (d.created_at, d.id) < ("
+      "SELECT id, trigger_id, event, channel, contact_id, contact_name,"
+      "       address, invoice_id, status, reason, attempts, due_at,"
+      "       sent_at, delivered_at, created_at, subject "
+      "  FROM echelon_feed "
+      " WHERE account_id = $1 AND employee_id = $2"
+      "   AND ($3::text IS NULL OR status = $3)"
+      "   AND ($4::text IS NULL OR channel = $4)"
+      "   AND ($5::text IS NULL OR contact_id = $5)"
+      "   AND ($6::timestamptz IS NULL OR created >= $6)"
+      "   AND ($7::text IS NULL OR (created, id) < ("
       "        SELECT created_at, id FROM deliveries"
       "         WHERE account_id = $1 AND id = $7))"
-      " ORDER BY d.created_at DESC, d.id DESC LIMIT $8", 8 },
+      " ORDER BY created DESC, id DESC LIMIT $8", 8 },
 
     /* NGX_ECHELON_SQL_DELIVERY_GET: $1 account, $2 delivery */
     { "echelon_delivery_get",
-      "SELECT d.id, d.trigger_id, d.event, d.channel, d.contact_id,"
-      "       c.name AS contact_name, d.address, d.invoice_id, d.status,"
-      "       d.reason, d.attempts, echelon_time(d.due_at) AS due_at,"
-      "       echelon_time(d.sent_at) AS sent_at,"
-      "       echelon_time(d.delivered_at) AS delivered_at,"
-      "       echelon_time(d.created_at) AS created_at, d.subject, d.body,"
+      "SELECT f.id, f.trigger_id, f.event, f.channel, f.contact_id,"
+      "       f.contact_name, f.address, f.invoice_id, f.status, f.reason,"
+      "       f.attempts, f.due_at, f.sent_at, f.delivered_at,"
+      "       f.created_at, f.subject, f.body,"
       "       (SELECT json_agg(json_build_object('attempt', a.attempt,"
       "                'outcome', a.outcome, 'error', a.error,"
       "                'finished_at', echelon_time(a.finished_at))"
       "                ORDER BY a.attempt)"
-      "          FROM delivery_attempts a WHERE a.delivery_id = d.id)"
+      "          FROM delivery_attempts a WHERE a.delivery_id = f.id)"
       "         AS attempt_history "
-      "  FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
-      " WHERE d.account_id = $1 AND d.id = $2", 2 },
+      "  FROM echelon_feed f WHERE f.account_id = $1 AND f.id = $2", 2 },
 
     /* NGX_ECHELON_SQL_ACCOUNT_PLAN: $1 account, $2 plan */
     { "echelon_account_plan",
@@ -1066,25 +1076,18 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
      * $4 channel, $5 since, $6 cursor, $7 limit
      */
     { "echelon_contact_activity",
-      "SELECT d.id, d.trigger_id, d.event, d.channel, d.contact_id,"
-      "       c.name AS contact_name,"
-      "       coalesce(d.address, CASE d.channel WHEN 'email' THEN c.email"
-      "                WHEN 'sms' THEN c.phone ELSE c.whatsapp END)"
-      "         AS address,"
-      "       d.invoice_id, d.status, d.reason, d.attempts,"
-      "       echelon_time(d.due_at) AS due_at,"
-      "       echelon_time(d.sent_at) AS sent_at,"
-      "       echelon_time(d.delivered_at) AS delivered_at,"
-      "       echelon_time(d.created_at) AS created_at, d.subject "
-      "  FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
-      " WHERE d.account_id = $1 AND d.contact_id = $2"
-      "   AND ($3::text IS NULL OR d.status = $3)"
-      "   AND ($4::text IS NULL OR d.channel = $4)"
-      "   AND ($5::timestamptz IS NULL OR d.created_at >= $5)"
-      "   AND ($6::text IS NULL OR (d.created_at, d.id) < ("
+      "SELECT id, trigger_id, event, channel, contact_id, contact_name,"
+      "       address, invoice_id, status, reason, attempts, due_at,"
+      "       sent_at, delivered_at, created_at, subject "
+      "  FROM echelon_feed "
+      " WHERE account_id = $1 AND contact_id = $2"
+      "   AND ($3::text IS NULL OR status = $3)"
+      "   AND ($4::text IS NULL OR channel = $4)"
+      "   AND ($5::timestamptz IS NULL OR created >= $5)"
+      "   AND ($6::text IS NULL OR (created, id) < ("
       "        SELECT created_at, id FROM deliveries"
       "         WHERE account_id = $1 AND id = $6))"
-      " ORDER BY d.created_at DESC, d.id DESC LIMIT $7", 7 },
+      " ORDER BY created DESC, id DESC LIMIT $7", 7 },
 
     /*
      * NGX_ECHELON_SQL_INVOICE_CREATE: $1 account, $2 contact, $3 number,
