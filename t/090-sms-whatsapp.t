@@ -21,7 +21,8 @@ our $sid = 'AC0123456789abcdef0123456789abcdef';
 our $token = 'twilio-test-auth-token';
 
 our %to = (ok => '+15557770001', busy => '+15557770429',
-           down => '+15557770500', bad => '+15557770400');
+           down => '+15557770500', bad => '+15557770400',
+           hang => '+15557770000');
 
 Echelon::setup_account(plan => 'growth', more => sub {
     my ($call) = @_;
@@ -224,3 +225,24 @@ $main::auth
 --- error_code: 200
 --- response_body_like eval
 qr/(?=.*"channel":"sms",[^{}]*\{[^{}]*\},[^{}]*"status":"delivered",[^{}]*"delivered_at":"[-0-9T:]+Z")(?=.*"channel":"whatsapp",[^{}]*\{[^{}]*\},[^{}]*"status":"failed","reason":"Twilio error 63016: Outside the allowed window")/s
+
+
+
+=== TEST 11: the API answers while a provider hangs
+--- request
+GET /v1/account
+--- more_headers eval
+$main::auth
+--- error_code: 200
+--- wait: 5
+
+
+
+=== TEST 12: a provider that never answers times out, and is tried again
+--- request eval
+"$main::activity?status=failed&channel=sms"
+--- more_headers eval
+$main::auth
+--- error_code: 200
+--- response_body_like eval
+qr/"name":"Client Hang",[^}]*\},[^{}]*"status":"failed","reason":"gave up after 3 attempts: timed out after 2000 ms[^"]*","attempts":3/

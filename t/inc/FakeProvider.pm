@@ -95,7 +95,10 @@ sub serve {
         my $to = $body =~ /(?:^|&)To=([^&]*)/ ? unescape($1)
                : $body =~ /"to":"([^"]*)"/ ? $1 : '';
 
-        return if $to =~ /0000$/;
+        if ($to =~ /0000$/) {
+            sleep 20;
+            return;
+        }
 
         select(undef, undef, undef, 0.3) if $to =~ /7\d{3}$/;
 
