@@ -7,8 +7,6 @@
  */
 
 
-#include <curl/curl.h>
-
 #include "ngx_echelon.h"
 
 
@@ -27,7 +25,6 @@ static char *ngx_http_echelon_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_echelon_public_url(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static ngx_int_t ngx_http_echelon_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_echelon_init_process(ngx_cycle_t *cycle);
 static void ngx_http_echelon_exit_process(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_echelon_is_scheduler(ngx_echelon_main_conf_t *emcf);
@@ -301,7 +298,7 @@ ngx_module_t  ngx_http_echelon_module = {
     ngx_http_echelon_commands,             /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    ngx_http_echelon_init_module,          /* init module */
+    NULL,                                  /* init module */
     ngx_http_echelon_init_process,         /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -631,29 +628,6 @@ ngx_http_echelon_public_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
-}
-
-
-static ngx_int_t
-ngx_http_echelon_init_module(ngx_cycle_t *cycle)
-{
-    static ngx_uint_t  curl_ready;
-
-    if (curl_ready) {
-        return NGX_OK;
-    }
-
-    /* in the master, once: curl_global_init is not thread-safe */
-
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "curl_global_init() failed");
-        return NGX_ERROR;
-    }
-
-    curl_ready = 1;
-
-    return NGX_OK;
 }
 
 

@@ -10,13 +10,13 @@ measure_memory() {
     master=$ECHELON_PID
     workers=$(nginx_workers "$master")
     url="http://127.0.0.1:$BENCH_PORT"
-    run_recorded memory-warmup wrk -t 2 -c 32 -d 120s \
+    run_recorded memory-warmup "$BENCH_DIR/wrk-until.sh" -t 2 -c 32 -d 120s \
         -s "$BENCH_DIR/memory.lua" "$url" -- "$API_KEY" "$EMPLOYEE" 50000 2
     declare -A rss
     for w in $workers; do
         rss[$w]=$(rss_kb "$w")
     done
-    run_recorded memory wrk -t 2 -c 32 -d 600s --latency \
+    run_recorded memory "$BENCH_DIR/wrk-until.sh" -t 2 -c 32 -d 600s --latency \
         -s "$BENCH_DIR/memory.lua" "$url" -- "$API_KEY" "$EMPLOYEE" \
         "$BENCH_MEM_REQUESTS" 2
     for w in $workers; do

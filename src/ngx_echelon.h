@@ -361,7 +361,7 @@ ngx_int_t ngx_echelon_scheduler_start(ngx_cycle_t *cycle,
 void ngx_echelon_scheduler_stop(ngx_cycle_t *cycle);
 
 
-/* SMTP over libcurl's multi-socket interface (src/ngx_echelon_smtp.c) */
+/* SMTP on nginx's events (src/ngx_echelon_smtp_native.c) */
 
 typedef enum {
     NGX_ECHELON_SEND_OK = 0,

@@ -11,8 +11,7 @@
 # Quick when everything is present: one dpkg-query call, no apt.
 set -euo pipefail
 
-BUILD_PKGS=(gcc make dpkg-dev nginx-dev libpq-dev libjansson-dev
-            libcurl4-openssl-dev libssl-dev)
+BUILD_PKGS=(gcc make dpkg-dev nginx-dev libpq-dev libjansson-dev libssl-dev)
 RUN_PKGS=(nginx postgresql python3-aiosmtpd curl jq openssl)
 TEST_PKGS=(perl libtest-base-perl)
 VALGRIND_PKGS=(valgrind)
