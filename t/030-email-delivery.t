@@ -162,6 +162,8 @@ giving up
 
 
 === TEST 10: the feed shows both attempts and the reason
+--- init
+Echelon::wait_for_sql("SELECT status FROM deliveries d JOIN contacts c ON c.id = d.contact_id WHERE c.name = 'Busy Mailbox'", 'failed');
 --- request eval
 "$main::activity?status=failed"
 --- more_headers eval

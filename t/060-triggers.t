@@ -178,7 +178,9 @@ $main::json
 
 
 
-=== TEST 9: overdue at once, two repeats past, one ahead, and the reminder 3 s later while unpaid
+=== TEST 9: overdue at once, two repeats past, one ahead, and the reminder 6 s later while unpaid
+--- init
+Echelon::wait_for_sql("SELECT count(*) FROM deliveries d JOIN contacts c ON c.id = d.contact_id WHERE c.name = 'Bob Late' AND d.status = 'sent'", 5);
 --- request eval
 main::activity('BOB')
 --- more_headers eval

@@ -154,6 +154,8 @@ qr/"channel":"sms","contact":\{"id":"ctc_\w+","name":"Client Bad",[^}]*\},[^{}]*
 
 
 === TEST 4: a 429 and a 503 end failed after their attempts
+--- init
+Echelon::wait_for_sql("SELECT count(*) FROM deliveries d JOIN contacts c ON c.id = d.contact_id WHERE c.name IN ('Client Busy', 'Client Down') AND d.status = 'failed'", 4);
 --- request eval
 "$main::activity?status=failed"
 --- more_headers eval
@@ -239,6 +241,8 @@ $main::auth
 
 
 === TEST 12: a provider that never answers times out, and is tried again
+--- init
+Echelon::wait_for_sql("SELECT count(*) FROM deliveries d JOIN contacts c ON c.id = d.contact_id WHERE c.name = 'Client Hang' AND d.status = 'failed'", 2);
 --- request eval
 "$main::activity?status=failed&channel=sms"
 --- more_headers eval

@@ -184,6 +184,17 @@ sub default_blocks {
     });
 }
 
+# Wait (at most $seconds) until a query answers $want: for blocks whose
+# outcome comes from the scheduler, a condition rather than a fixed sleep.
+sub wait_for_sql {
+    my ($sql, $want, $seconds) = @_;
+    my $got;
+    eval {
+        wait_until(sub { $got = sql($sql); $got eq $want }, $seconds || 30);
+    };
+    return $got;
+}
+
 sub wait_until {
     my ($cond, $seconds) = @_;
     my $end = time + $seconds;
