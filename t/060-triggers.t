@@ -16,7 +16,7 @@ our $now = time();
 Echelon::setup_account(name => 'Acme Studio', triggers => [
     { event => 'invoice.issued', channel => 'email', delay => '0',
       template => { subject => 'Invoice {{invoice.number}}' } },
-    { event => 'invoice.issued', channel => 'email', delay => '6s',
+    { event => 'invoice.issued', channel => 'email', delay => '10s',
       unless => 'paid',
       template => { subject => 'Reminder {{invoice.number}}',
                     body => '{{invoice.number}} is still open.' } },
@@ -174,11 +174,11 @@ main::invoice('BOB', 'B-1', $main::now - 2.5 * 86400)
 --- more_headers eval
 $main::json
 --- error_code: 201
---- wait: 7
+--- wait: 1
 
 
 
-=== TEST 9: overdue at once, two repeats past, one ahead, and the reminder 6 s later while unpaid
+=== TEST 9: overdue at once, two repeats past, one ahead, and the reminder 10 s later while unpaid
 --- init
 Echelon::wait_for_sql("SELECT count(*) FROM deliveries d JOIN contacts c ON c.id = d.contact_id WHERE c.name = 'Bob Late' AND d.status = 'sent'", 5);
 --- request eval
@@ -201,7 +201,9 @@ GET /t/mail
 
 
 
-=== TEST 11: voiding by id
+=== TEST 11: voiding by id, once C-1's reminder has gone out
+--- init
+Echelon::wait_for_sql("SELECT count(*) FROM deliveries d JOIN invoices i ON i.id = d.invoice_id JOIN triggers t ON t.id = d.trigger_id WHERE i.number = 'C-1' AND t.unless_paid AND d.status = 'sent'", 1);
 --- request eval
 "POST /v1/invoices/$ENV{TEST_NGINX_INVOICE_C}/void"
 --- more_headers eval
