@@ -18,7 +18,6 @@
 
 
 #define NGX_ECHELON_MAX_PARAMS      16
-#define NGX_ECHELON_SQL_MAX         64
 
 #define NGX_HTTP_UNPROCESSABLE_ENTITY  422
 
@@ -236,7 +235,6 @@ ngx_int_t ngx_echelon_pg_param(ngx_echelon_pg_query_t *q, ngx_pool_t *pool,
     ngx_str_t *value);
 void ngx_echelon_pg_param_cstr(ngx_echelon_pg_query_t *q, const char *value);
 ngx_str_t ngx_echelon_pg_value(PGresult *res, int row, const char *column);
-ngx_int_t ngx_echelon_pg_ready(ngx_echelon_pg_pool_t *pool);
 
 
 /* statements and migrations (src/ngx_echelon_sql.c) */

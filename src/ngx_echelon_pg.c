@@ -140,13 +140,6 @@ ngx_echelon_pg_pool_destroy(ngx_echelon_pg_pool_t *pool)
 }
 
 
-ngx_int_t
-ngx_echelon_pg_ready(ngx_echelon_pg_pool_t *pool)
-{
-    return pool->schema_ready && ngx_current_msec >= pool->down_until;
-}
-
-
 void
 ngx_echelon_pg_query(ngx_echelon_pg_pool_t *pool, ngx_echelon_pg_query_t *q)
 {
