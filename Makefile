@@ -6,6 +6,8 @@
 #   make test     install what is missing, build, run the Test::Nginx suites
 #   make test-valgrind   the same under valgrind (TEST_NGINX_USE_VALGRIND=1)
 #   make check-conf      nginx -t on conf/nginx.conf.in and conf/echelon.conf
+#   make bench    build, then the benchmark suite (bench/run.sh; BENCH_BIG=1
+#                 adds item 4 with 10 million deliveries ahead)
 #
 # Settings are environment variables, also accepted on the command line
 # (make run ECHELON_PORT=9090, make test TEST_FILES=t/foo.t); see README.md.
@@ -20,7 +22,8 @@ SOURCES     = config ngx_http_echelon_module.c $(wildcard src/*.c src/*.h)
 CC_OPT     ?= $(shell dpkg-buildflags --get CFLAGS) -fPIC
 LD_OPT     ?= $(shell dpkg-buildflags --get LDFLAGS) -fPIC
 
-.PHONY: all build deps deps-test run demo test test-valgrind check-conf clean
+.PHONY: all build deps deps-test run demo test test-valgrind check-conf clean \
+        bench
 
 all: build
 
@@ -74,3 +77,7 @@ test-valgrind:
 
 check-conf:
 	tools/check-conf.sh
+
+bench: deps
+	$(MAKE) --no-print-directory build
+	exec bench/run.sh

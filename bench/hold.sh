@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Holds one webhook request's query in PostgreSQL, 2 s at a time, for
-# SECONDS (item 5, bench/measure-blocked.sh): psql locks the events table
-# (LOCK TABLE events IN EXCLUSIVE MODE) in a transaction that lasts 2 s;
-# 0.2 s later a signed webhook is POSTed, whose INSERT INTO events waits
-# for the lock. Prints "held <status> <seconds>" per webhook.
+# about SECONDS (item 5, bench/measure-blocked.sh). One psql session takes
+# LOCK TABLE events IN EXCLUSIVE MODE in transactions of 2 s each
+# (pg_sleep), one after the other; 0.2 s into each, a signed webhook is
+# POSTed with curl, whose INSERT INTO events waits for the lock until that
+# transaction ends. Its answer comes right after the lock is released, so
+# the next POST, 0.2 s later, falls into the next transaction. The
+# webhooks are signed beforehand, so that little else runs meanwhile.
+# Prints "held <status> <seconds>" per webhook.
 #
 #   bench/hold.sh SECONDS TAG     (ACCOUNT and STRIPE_SECRET from the env)
 set -euo pipefail
@@ -14,25 +18,22 @@ set -euo pipefail
 . "$ECHELON_ROOT/bench/lib.sh"
 
 [ $# -eq 2 ] || die "usage: hold.sh SECONDS TAG"
-end=$((SECONDS + $1))
-n=0
-while [ "$SECONDS" -lt "$end" ]; do
-    n=$((n + 1))
-    line=$("$BENCH_DIR/sign.pl" "$STRIPE_SECRET" "hold$2x${n}x" 1)
-    psql_bench > /dev/null <<'SQL' &
-BEGIN;
-LOCK TABLE events IN EXCLUSIVE MODE;
-SELECT pg_sleep(2);
-COMMIT;
-SQL
-    locker=$!
+cycles=$(( ($1 + 1) / 2 ))
+mapfile -t signed < <("$BENCH_DIR/sign.pl" "$STRIPE_SECRET" "hold$2x" "$cycles")
+
+for _ in $(seq "$cycles"); do
+    printf '%s\n' 'BEGIN;' 'LOCK TABLE events IN EXCLUSIVE MODE;' \
+        'SELECT pg_sleep(2);' 'COMMIT;'
+done | psql_bench > /dev/null &
+locker=$!
+
+for line in "${signed[@]}"; do
     sleep 0.2
     result=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' \
         -H 'Content-Type: application/json' \
         -H "Stripe-Signature: ${line%%$'\t'*}" \
         --data-binary "${line#*$'\t'}" \
         "http://127.0.0.1:$BENCH_PORT/webhooks/stripe/$ACCOUNT")
-    wait "$locker"
     # held: answered 200 after waiting at least 1.5 s for the lock
     if awk -v r="$result" 'BEGIN { split(r, a, " ");
             exit !(a[1] == 200 && a[2] >= 1.5) }'; then
@@ -41,3 +42,4 @@ SQL
         echo "not held $result"
     fi
 done
+wait "$locker"

@@ -44,7 +44,9 @@ psql_bench() {
 }
 
 # One figure's command: kept in $OUT/commands.txt under an id (C1, C2...),
-# run with its output in $OUT/raw/<name>.txt. Prints nothing; sets CMD_ID.
+# run with its output in $OUT/raw/<name>.txt. Sets CMD_ID. A command that
+# fails is reported and the bench goes on: the checks of its output void
+# the figure.
 CMD_N=0
 run_recorded() {
     local name=$1
@@ -56,7 +58,11 @@ run_recorded() {
         printf '%q ' "$@"
         printf '\n'
     } >> "$OUT/commands.txt"
-    "$@" > "$OUT/raw/$name.txt" 2>&1
+    "$@" > "$OUT/raw/$name.txt" 2>&1 \
+        || say "WARNING: $name exited with status $? (raw/$name.txt)"
+    # how busy the machine was (others may be running builds and tests)
+    echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)" \
+        >> "$OUT/raw/$name.txt"
 }
 
 # A result line: measure, side (echelon|anchor|...), round, value, unit,
@@ -109,12 +115,24 @@ pgbench_check() {
 
 # The bench's ports lie in Linux's ephemeral range (32768-60999), so an
 # outgoing connection of another program may hold one for a while (60 s in
-# TIME-WAIT), and a listener cannot bind it then. Waits until the port is
-# free of any socket, at most 90 s.
+# TIME-WAIT), and a listener cannot bind it then. Waits until a listener
+# could bind it (as nginx does, with SO_REUSEADDR), at most 90 s.
+can_bind() {
+    "$SYSTEM_PYTHON" - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}
+
 wait_port_free() {
     local port=$1
     for _ in $(seq 450); do
-        [ -z "$(ss -Htan "( sport = :$port )")" ] && return 0
+        can_bind "$port" && return 0
         sleep 0.2
     done
     die "127.0.0.1:$port stays in use: $(ss -Htan "( sport = :$port )" | head -n 1)"
@@ -210,32 +228,33 @@ rss_kb() {
     awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
 
-# ---- statistics ------------------------------------------------------
-
-median() {
-    sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) { print ""; exit }
-        if (NR % 2) print v[(NR + 1) / 2]
-        else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 # ---- deliveries for the scheduler -------------------------------------
 
-# COUNT deliveries tagged TAG, due at DUE (SQL) + i * SPACING (SQL).
+# The trigger of the deliveries loaded with SQL on CHANNEL (email, sms).
+trigger_for() {
+    if [ "$1" = sms ]; then echo "$TRIGGER_SMS"; else echo "$TRIGGER_SEND"; fi
+}
+
+# COUNT deliveries tagged TAG, due at DUE (SQL) + i * SPACING (SQL), by
+# email, or by SMS when CHANNEL is sms.
 load_due() {
-    local name=$1 tag=$2 count=$3 due=$4 spacing=$5
+    local name=$1 tag=$2 count=$3 due=$4 spacing=$5 channel=${6:-email}
+    local trigger
+    trigger=$(trigger_for "$channel")
     run_recorded "$name" "${BENCH_PSQL[@]}" -v account="$ACCOUNT" \
-        -v employee="$EMPLOYEE" -v trigger="$TRIGGER_SEND" -v tag="$tag" \
-        -v count="$count" -v due="$due" -v spacing="$spacing" \
+        -v employee="$EMPLOYEE" -v trigger="$trigger" -v channel="$channel" \
+        -v tag="$tag" -v count="$count" -v due="$due" -v spacing="$spacing" \
         -f "$BENCH_DIR/sql/due.sql"
 }
 
-# Waits until nothing tagged TAG is left to send, at most SECONDS.
+# Waits until nothing tagged TAG (on CHANNEL) is left to send, at most
+# SECONDS.
 wait_sent() {
-    local tag=$1 seconds=$2 left end
+    local tag=$1 seconds=$2 channel=${3:-email} left end
     end=$((SECONDS + seconds))
     while [ "$SECONDS" -lt "$end" ]; do
-        left=$(psql_bench -v tag="$tag" -f "$BENCH_DIR/sql/pending.sql")
+        left=$(psql_bench -v tag="$tag" -v trigger="$(trigger_for "$channel")" \
+               -f "$BENCH_DIR/sql/pending.sql")
         [ "$left" = 0 ] && return 0
         sleep 0.25
     done

@@ -5,7 +5,7 @@
 # same. The figure is the largest growth among the workers.
 
 measure_memory() {
-    local master workers w before after growth max=0 url
+    local master workers w before after growth max= url detail=
     say "item 6: memory over $BENCH_MEM_REQUESTS requests"
     master=$ECHELON_PID
     workers=$(nginx_workers "$master")
@@ -25,8 +25,12 @@ measure_memory() {
         growth=$((after - before))
         echo "worker $w: VmRSS $before kB before, $after kB after ($growth kB)" \
             >> "$OUT/raw/memory.txt"
-        [ "$growth" -gt "$max" ] && max=$growth
+        if [ -z "$max" ] || [ "$growth" -gt "$max" ]; then
+            max=$growth
+        fi
+        detail="$detail${detail:+, }$before → $after kB"
     done
     record memory echelon 1 "$max" kB "$CMD_ID"
+    record memory detail 1 "$detail" - -
     say "  largest worker RSS growth: $max kB"
 }

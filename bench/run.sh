@@ -83,6 +83,16 @@ make_dirs() {
     MAIL_DIR=$(mktemp -d /dev/shm/echelon-bench-mail.XXXXXX)
 }
 
+# The module's sources that differ from the commit (others may be editing
+# them while the bench builds).
+changed_sources() {
+    local files
+    files=$(git -C "$ECHELON_ROOT" status --porcelain -- config \
+            ngx_http_echelon_module.c src 2>/dev/null | awk '{ print $2 }' \
+            | tr '\n' ' ')
+    [ -n "$files" ] && echo ", with uncommitted changes in: $files"
+}
+
 machine() {
     {
         echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -93,6 +103,7 @@ machine() {
         echo "postgresql: $("$PG_BIN/postgres" --version)"
         echo "nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
         echo "wrk: $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)"
+        echo "source: commit $(git -C "$ECHELON_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(changed_sources)"
         echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "settings: rounds=$BENCH_ROUNDS seconds=$BENCH_SECONDS connections=$BENCH_CONNECTIONS echelon_database_pool=$BENCH_POOL echelon_scheduler_batch=$BENCH_BATCH rows=$BENCH_ROWS"
     } > "$OUT/machine.txt"
@@ -142,8 +153,10 @@ main() {
         "measure_$item"
     done
 
-    echo "make bench wall time (bench/run.sh): $(( $(date +%s) - t0 )) s" \
-        >> "$OUT/machine.txt"
+    {
+        echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "bench/run.sh wall time: $(( $(date +%s) - t0 )) s"
+    } >> "$OUT/machine.txt"
     "$BENCH_DIR/table.pl" "$OUT" | tee "$OUT/table.md"
 }
 

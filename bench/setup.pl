@@ -1,14 +1,15 @@
 #!/usr/bin/perl
 # Sets up the bench's account through Echelon's API, as t/inc/Echelon.pm
 # does for the suites: an account, email connected, a Stripe signing
-# secret, the employee "Billing — Accounts Receivable" with three
-# invoice.issued triggers (the webhook's fan-out) and a payment.received
-# one for the deliveries loaded with SQL (items 2 to 4).
+# secret, SMS connected (the growth plan), the employee "Billing — Accounts
+# Receivable" (email and SMS) with three invoice.issued triggers (the
+# webhook's fan-out) and two payment.received ones, email and SMS, for the
+# deliveries loaded with SQL (items 2 to 4).
 #
 #   bench/setup.pl BASE_URL ADMIN_TOKEN > ids.sh
 #
 # Prints shell assignments: ACCOUNT, API_KEY, EMPLOYEE, STRIPE_SECRET,
-# TRIGGER_SEND.
+# TRIGGER_SEND (email), TRIGGER_SMS.
 
 use strict;
 use warnings;
@@ -47,14 +48,15 @@ for (1 .. 100) {
 my $secret = 'whsec_bench_' . join('', map { sprintf '%02x', rand 256 } 1 .. 12);
 
 my $acct = api('POST', '/v1/accounts', $admin,
-               { name => 'Acme Studio', plan => 'starter' });
+               { name => 'Acme Studio', plan => 'growth' });
 my $key = $acct->{api_key};
 api('PUT', '/v1/channels/email', $key,
     { from => 'Acme Billing <billing@acme.test>' });
+api('PUT', '/v1/channels/sms', $key, { from => '+15550000000' });
 api('PUT', '/v1/integrations/stripe', $key, { signing_secret => $secret });
 my $emp = api('POST', '/v1/employees', $key,
               { name => 'Billing — Accounts Receivable', role => 'billing',
-                channels => ['email'], tone => 'friendly' });
+                channels => ['email', 'sms'], tone => 'friendly' });
 
 # The webhook's three triggers are a week ahead, so that the scheduler
 # does not send during items 1, 2, 5 and 6.
@@ -78,5 +80,12 @@ my $send = api('POST', "/v1/employees/$emp->{id}/triggers", $key,
                                body => "Hello {{contact.name}},\n\n"
                                      . "{{message}}\n\n{{closing}}" } });
 
-printf "ACCOUNT=%s\nAPI_KEY=%s\nEMPLOYEE=%s\nSTRIPE_SECRET=%s\nTRIGGER_SEND=%s\n",
-    $acct->{id}, $key, $emp->{id}, $secret, $send->{id};
+my $sms = api('POST', "/v1/employees/$emp->{id}/triggers", $key,
+              { event => 'payment.received', channel => 'sms', delay => '0',
+                template => { body => 'Hello {{contact.name}}, thank you: '
+                                    . 'we received your payment. '
+                                    . '{{account.name}}' } });
+
+printf "ACCOUNT=%s\nAPI_KEY=%s\nEMPLOYEE=%s\nSTRIPE_SECRET=%s\n"
+     . "TRIGGER_SEND=%s\nTRIGGER_SMS=%s\n",
+    $acct->{id}, $key, $emp->{id}, $secret, $send->{id}, $sms->{id};

@@ -1,13 +1,14 @@
 -- Deliveries :first .. :last of the bench's employee, scheduled ahead: due
 -- from tomorrow on, one a second, created over the past 30 days (the
--- activity feed's history), to the account's contacts in turn. Foreign
--- keys are known to hold, so their checks are off for the load
--- (session_replication_role).
+-- activity feed's history), to the 10,000 contacts of contacts.sql in
+-- turn. Foreign keys are known to hold, so their checks are off for the
+-- load (session_replication_role).
 -- psql -v account=... -v employee=... -v trigger=... -v first=1 -v last=N
 SET session_replication_role = replica;
 CREATE TEMP TABLE bench_contacts AS
 SELECT id, row_number() OVER (ORDER BY id) - 1 AS k
-  FROM contacts WHERE account_id = :'account';
+  FROM contacts
+ WHERE account_id = :'account' AND external_id LIKE 'bench:%';
 INSERT INTO deliveries (id, account_id, employee_id, trigger_id, event,
                         channel, contact_id, occurrence, status, due_at,
                         created_at, updated_at)

@@ -1,3 +1,5 @@
--- How many deliveries tagged :tag are still to be sent.
+-- How many deliveries tagged :tag (of :trigger) are still to be sent; the
+-- unique index on (trigger_id, occurrence) finds them.
 SELECT count(*) FROM deliveries
- WHERE occurrence LIKE :'tag' || ':%' AND status IN ('scheduled', 'sending');
+ WHERE trigger_id = :'trigger' AND occurrence LIKE :'tag' || ':%'
+   AND status IN ('scheduled', 'sending');
