@@ -172,7 +172,8 @@ CONF
 }
 
 # Every block of a suite gets these http{} directives and server{}
-# locations unless it says otherwise.
+# locations unless it says otherwise.  A block that reads (GET) first waits
+# for the scheduler to settle, so that it checks an outcome, not a race.
 sub default_blocks {
     my ($http, $config) = @_;
     main::add_block_preprocessor(sub {
@@ -181,7 +182,22 @@ sub default_blocks {
             unless defined $block->http_config;
         $block->set_value('config', $config)
             unless defined $block->config;
+        my $req = $block->request;
+        if (defined $req && !ref $req && $req =~ /^GET /) {
+            my $init = eval { $block->init } // '';
+            $block->set_value('init', "Echelon::wait_settled();\n$init");
+        }
     });
+}
+
+# Nothing in flight and nothing overdue for an enabled employee: what the
+# scheduler had to do by now, it has done (or gives up waiting after 30 s).
+sub wait_settled {
+    wait_for_sql("SELECT count(*) FROM deliveries d "
+                 . "JOIN employees e ON e.id = d.employee_id "
+                 . "WHERE e.enabled AND (d.status = 'sending' "
+                 . "OR (d.status = 'scheduled' AND d.due_at <= now()))",
+                 0, 30);
 }
 
 # Wait (at most $seconds) until a query answers $want: for blocks whose
