@@ -154,8 +154,9 @@ start_postgres() {
     "$ECHELON_ROOT/tools/pg.sh" "$PG_DATA" init "$BENCH_PG_PORT"
     # Settings of the bench, on top of tools/pg.sh's: room for 64 pgbench
     # clients beside nginx's pools, the data set in memory, no checkpoint
-    # in the middle of a round. fsync stays on: commits are durable, as
-    # the webhook's 2xx promises.
+    # in the middle of a round, and autovacuum in the log (it runs during
+    # the rounds). fsync stays on: commits are durable, as the webhook's
+    # 2xx promises.
     cat > "$PG_DATA/bench.conf" <<'CONF'
 max_connections = 200
 shared_buffers = 1GB
@@ -163,6 +164,8 @@ work_mem = 16MB
 maintenance_work_mem = 512MB
 max_wal_size = 16GB
 checkpoint_timeout = 30min
+log_autovacuum_min_duration = 0
+log_checkpoints = on
 CONF
     chown postgres: "$PG_DATA/bench.conf"
     grep -q "bench.conf" "$PG_DATA/postgresql.conf" \
@@ -214,6 +217,7 @@ stop_pid() {
     if kill -0 "$pid" 2>/dev/null; then
         say "pid $pid did not stop in 20 s: killing it"
         children=$(pgrep -P "$pid" || true)
+        # shellcheck disable=SC2086  # one word per child
         kill -KILL "$pid" $children 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true

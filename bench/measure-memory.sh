@@ -5,7 +5,7 @@
 # same. The figure is the largest growth among the workers.
 
 measure_memory() {
-    local master workers w before after growth max= url detail=
+    local master workers w before after growth max='' url detail=''
     say "item 6: memory over $BENCH_MEM_REQUESTS requests"
     master=$ECHELON_PID
     workers=$(nginx_workers "$master")

@@ -154,6 +154,13 @@ ratio_row('5. Never blocked: p99 GET /v1/account, a query held 2 s',
     $r->[5] = num($e) && num($a) && $a > 0 ? ($e / $a <= 2 ? 'yes' : 'NO')
             : 'n/a';
 }
+if ($values{blocked}{floor}) {
+    my $f = figure('blocked', 'floor');
+    push @rows, [ '5b. the same wrk at plain nginx (the HTTP sink): noise floor',
+                  fmt($f, 'ms'), '—', '—', '—', '—',
+                  rounds('blocked', 'floor'),
+                  join(' ', @{ $cmds{blocked}{floor} || [] }) ];
+}
 bound_row('6. Memory: worker RSS growth over 1M requests', 'memory',
           2047, '< 2048 kB');
 if (my $d = $values{memory}{detail}) {
