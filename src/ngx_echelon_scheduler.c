@@ -16,6 +16,10 @@
 
 
 #define NGX_ECHELON_FINISH_RETRY   1000
+#define NGX_ECHELON_FINISH_MAX     500
+
+/* sent, waiting for their results to be written: at most batches of them */
+#define NGX_ECHELON_WRITING_MAX    4
 #define NGX_ECHELON_BACKOFF_MAX    86400
 
 
@@ -27,10 +31,21 @@ typedef struct {
     ngx_echelon_pg_query_t      query;
     ngx_queue_t                 jobs;
     ngx_uint_t                  njobs;
-    char                        batch[NGX_INT_T_LEN + 1];
+    ngx_uint_t                  nsending;   /* not yet ended */
+
+    /* results waiting to be written, and those being written */
+    ngx_queue_t                 finishing;
+    ngx_queue_t                 flushing;
+    ngx_echelon_pg_query_t      flush;
+    char                       *flush_json;
+    ngx_event_t                 flush_retry;
+
+    char                        limit[NGX_INT_T_LEN + 1];
+    ngx_uint_t                  nlimit;
     char                        lease[NGX_INT_T_LEN + 1];
     unsigned                    claiming:1;
     unsigned                    again:1;
+    unsigned                    flushing_now:1;
 } ngx_echelon_scheduler_t;
 
 
@@ -38,8 +53,7 @@ typedef struct {
     ngx_echelon_scheduler_t    *sched;
     ngx_pool_t                 *pool;
     ngx_queue_t                 queue;
-    ngx_echelon_pg_query_t      query;
-    ngx_event_t                 retry;
+    ngx_queue_t                 finish;     /* finishing or flushing */
     ngx_msec_t                  started;
 
     ngx_str_t                   id;
@@ -59,6 +73,8 @@ typedef struct {
     ngx_str_t                   body;
     char                        retry_in[NGX_INT_T_LEN + 1];
     unsigned                    retrying:1;
+    unsigned                    sending:1;  /* counted in nsending */
+    unsigned                    alone:1;    /* failed in a group */
 } ngx_echelon_job_t;
 
 
@@ -69,6 +85,8 @@ static void ngx_echelon_sched_claimed(ngx_echelon_pg_query_t *q,
     PGresult *res);
 static void ngx_echelon_sched_next(ngx_echelon_scheduler_t *sched,
     ngx_msec_t delay);
+static ngx_uint_t ngx_echelon_sched_room(ngx_echelon_scheduler_t *sched);
+static void ngx_echelon_sched_resume(ngx_echelon_scheduler_t *sched);
 static void ngx_echelon_job_start(ngx_echelon_scheduler_t *sched,
     PGresult *res, int row);
 static ngx_int_t ngx_echelon_job_check(ngx_echelon_job_t *job,
@@ -83,14 +101,17 @@ static ngx_int_t ngx_echelon_job_text(ngx_echelon_job_t *job);
 static void ngx_echelon_job_end(ngx_echelon_job_t *job, const char *status,
     const char *outcome, const char *reason);
 static void ngx_echelon_job_finish(ngx_echelon_job_t *job);
-static void ngx_echelon_job_finished(ngx_echelon_pg_query_t *q,
+static void ngx_echelon_sched_flush(ngx_echelon_scheduler_t *sched);
+static json_t *ngx_echelon_job_result(ngx_echelon_job_t *job);
+static void ngx_echelon_sched_flushed(ngx_echelon_pg_query_t *q,
     PGresult *res);
-static void ngx_echelon_job_retry(ngx_event_t *ev);
+static void ngx_echelon_flush_retry_handler(ngx_event_t *ev);
 static void ngx_echelon_job_free(ngx_echelon_job_t *job);
 static ngx_str_t ngx_echelon_job_copy(ngx_echelon_job_t *job, PGresult *res,
     int row, const char *column);
 static ngx_int_t ngx_echelon_is(ngx_str_t *v, const char *s);
 static void ngx_echelon_guard_handler(ngx_event_t *ev);
+static json_t *ngx_echelon_json_cstr(const char *s);
 
 
 static ngx_echelon_scheduler_t  *ngx_echelon_scheduler;
@@ -110,8 +131,9 @@ ngx_echelon_scheduler_start(ngx_cycle_t *cycle,
     sched->emcf = emcf;
     sched->log = cycle->log;
     ngx_queue_init(&sched->jobs);
+    ngx_queue_init(&sched->finishing);
+    ngx_queue_init(&sched->flushing);
 
-    ngx_sprintf((u_char *) sched->batch, "%ui%Z", emcf->scheduler_batch);
     ngx_sprintf((u_char *) sched->lease, "%M%Z",
                 emcf->scheduler_lease / 1000);
 
@@ -125,6 +147,11 @@ ngx_echelon_scheduler_start(ngx_cycle_t *cycle,
     sched->guard.handler = ngx_echelon_guard_handler;
     sched->guard.data = sched;
     sched->guard.log = cycle->log;
+
+    sched->flush_retry.handler = ngx_echelon_flush_retry_handler;
+    sched->flush_retry.data = sched;
+    sched->flush_retry.log = cycle->log;
+    sched->flush_retry.cancelable = 1;
 
     ngx_echelon_scheduler = sched;
 
@@ -160,7 +187,22 @@ ngx_echelon_scheduler_stop(ngx_cycle_t *cycle)
         ngx_del_timer(&sched->guard);
     }
 
+    if (sched->flush_retry.timer_set) {
+        ngx_del_timer(&sched->flush_retry);
+    }
+
     ngx_echelon_pg_detach(&sched->query);
+    ngx_echelon_pg_detach(&sched->flush);
+
+    if (sched->flush_json) {
+        ngx_free(sched->flush_json);
+        sched->flush_json = NULL;
+    }
+
+    ngx_queue_init(&sched->finishing);
+    ngx_queue_init(&sched->flushing);
+
+    sched->again = 0;
 
     /* what is still claimed goes back to the queue when its lease ends */
 
@@ -191,7 +233,7 @@ ngx_echelon_sched_tick(ngx_event_t *ev)
 
     /* no more in flight than one batch */
 
-    if (sched->njobs >= sched->emcf->scheduler_batch) {
+    if (!ngx_echelon_sched_room(sched)) {
         sched->again = 1;
         return;
     }
@@ -236,7 +278,12 @@ ngx_echelon_sched_rescued(ngx_echelon_pg_query_t *q, PGresult *res)
     q->data = sched;
     q->log = sched->log;
 
-    ngx_echelon_pg_param_cstr(q, sched->batch);
+    /* what is still sending counts against the batch */
+
+    sched->nlimit = sched->emcf->scheduler_batch - sched->nsending;
+    ngx_sprintf((u_char *) sched->limit, "%ui%Z", sched->nlimit);
+
+    ngx_echelon_pg_param_cstr(q, sched->limit);
     ngx_echelon_pg_param_cstr(q, sched->lease);
 
     ngx_echelon_pg_query(sched->emcf->pool, q);
@@ -268,9 +315,9 @@ ngx_echelon_sched_claimed(ngx_echelon_pg_query_t *q, PGresult *res)
         ngx_echelon_job_start(sched, res, i);
     }
 
-    /* a full batch means more are due now */
+    /* as many as asked for means more are due now */
 
-    if ((ngx_uint_t) n == sched->emcf->scheduler_batch) {
+    if ((ngx_uint_t) n == sched->nlimit) {
         ngx_echelon_sched_next(sched, 1);
         return;
     }
@@ -291,6 +338,35 @@ ngx_echelon_sched_next(ngx_echelon_scheduler_t *sched, ngx_msec_t delay)
     }
 
     ngx_add_timer(&sched->tick, delay);
+}
+
+
+/*
+ * Room for another claim: fewer than a batch still sending, and the results
+ * waiting to be written have not piled up (the database is slow or away).
+ */
+
+static ngx_uint_t
+ngx_echelon_sched_room(ngx_echelon_scheduler_t *sched)
+{
+    ngx_uint_t  batch;
+
+    batch = sched->emcf->scheduler_batch;
+
+    return sched->nsending < batch
+           && sched->njobs < NGX_ECHELON_WRITING_MAX * batch;
+}
+
+
+/* a tick that found no room is taken as soon as there is some */
+
+static void
+ngx_echelon_sched_resume(ngx_echelon_scheduler_t *sched)
+{
+    if (sched->again && ngx_echelon_sched_room(sched)) {
+        sched->again = 0;
+        ngx_echelon_sched_next(sched, 1);
+    }
 }
 
 
@@ -317,13 +393,11 @@ ngx_echelon_job_start(ngx_echelon_scheduler_t *sched, PGresult *res, int row)
     job->sched = sched;
     job->pool = pool;
     job->started = ngx_current_msec;
-    job->retry.handler = ngx_echelon_job_retry;
-    job->retry.data = job;
-    job->retry.log = sched->log;
-    job->retry.cancelable = 1;
 
     ngx_queue_insert_tail(&sched->jobs, &job->queue);
     sched->njobs++;
+    sched->nsending++;
+    job->sending = 1;
 
     if (!sched->guard.timer_set) {
         ngx_add_timer(&sched->guard, sched->emcf->scheduler_lease);
@@ -682,6 +756,14 @@ ngx_echelon_job_end(ngx_echelon_job_t *job, const char *status,
     job->status = status;
     job->outcome = outcome;
 
+    /* its place in the batch is free while the result is written */
+
+    if (job->sending) {
+        job->sending = 0;
+        job->sched->nsending--;
+        ngx_echelon_sched_resume(job->sched);
+    }
+
     if (reason) {
         job->reason.data = (u_char *) reason;
         job->reason.len = ngx_strlen(reason);
@@ -742,70 +824,221 @@ ngx_echelon_job_end(ngx_echelon_job_t *job, const char *status,
 }
 
 
+/*
+ * Results are written together: one statement for all that ended while the
+ * previous one was on its way, so that a busy scheduler commits once per
+ * group rather than once per delivery.
+ */
+
 static void
 ngx_echelon_job_finish(ngx_echelon_job_t *job)
 {
-    ngx_echelon_pg_query_t  *q;
+    ngx_queue_insert_tail(&job->sched->finishing, &job->finish);
 
-    q = &job->query;
-
-    ngx_memzero(q, sizeof(ngx_echelon_pg_query_t));
-    q->sql = NGX_ECHELON_SQL_FINISH;
-    q->handler = ngx_echelon_job_finished;
-    q->data = job;
-    q->log = job->sched->log;
-
-    ngx_echelon_pg_param_cstr(q, (const char *) job->id.data);
-    ngx_echelon_pg_param_cstr(q, (const char *) job->token.data);
-    ngx_echelon_pg_param_cstr(q, job->status);
-    ngx_echelon_pg_param_cstr(q, (const char *) job->reason.data);
-    ngx_echelon_pg_param_cstr(q, (const char *) job->address.data);
-    ngx_echelon_pg_param_cstr(q, (const char *) job->subject.data);
-    ngx_echelon_pg_param_cstr(q, (const char *) job->body.data);
-    ngx_echelon_pg_param_cstr(q, job->retrying ? job->retry_in : NULL);
-    ngx_echelon_pg_param_cstr(q, job->outcome);
-    ngx_echelon_pg_param_cstr(q, (const char *) job->provider_id.data);
-
-    ngx_echelon_pg_query(job->sched->emcf->pool, q);
+    ngx_echelon_sched_flush(job->sched);
 }
 
 
 static void
-ngx_echelon_job_finished(ngx_echelon_pg_query_t *q, PGresult *res)
+ngx_echelon_sched_flush(ngx_echelon_scheduler_t *sched)
 {
-    ngx_echelon_job_t  *job;
+    json_t                  *results, *result;
+    ngx_uint_t               n;
+    ngx_queue_t             *qe;
+    ngx_echelon_job_t       *job;
+    ngx_echelon_pg_query_t  *q;
 
-    job = q->data;
+    if (sched->flushing_now || sched->flush_retry.timer_set
+        || ngx_queue_empty(&sched->finishing))
+    {
+        return;
+    }
+
+    results = json_array();
+    if (results == NULL) {
+        goto failed;
+    }
+
+    /* one that failed in a group is written by itself */
+
+    for (n = 0; !ngx_queue_empty(&sched->finishing); n++) {
+
+        qe = ngx_queue_head(&sched->finishing);
+        job = ngx_queue_data(qe, ngx_echelon_job_t, finish);
+
+        if (n == NGX_ECHELON_FINISH_MAX || (n && job->alone)) {
+            break;
+        }
+
+        result = ngx_echelon_job_result(job);
+
+        if (result == NULL || json_array_append_new(results, result) != 0) {
+            json_decref(results);
+            goto failed;
+        }
+
+        ngx_queue_remove(qe);
+        ngx_queue_insert_tail(&sched->flushing, qe);
+
+        if (job->alone) {
+            break;
+        }
+    }
+
+    sched->flush_json = json_dumps(results, JSON_COMPACT);
+    json_decref(results);
+
+    if (sched->flush_json == NULL) {
+        goto failed;
+    }
+
+    sched->flushing_now = 1;
+
+    q = &sched->flush;
+
+    ngx_memzero(q, sizeof(ngx_echelon_pg_query_t));
+    q->sql = NGX_ECHELON_SQL_FINISH;
+    q->handler = ngx_echelon_sched_flushed;
+    q->data = sched;
+    q->log = sched->log;
+
+    ngx_echelon_pg_param_cstr(q, sched->flush_json);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, sched->log, 0,
+                   "echelon: writing the results of %ui deliveries", n);
+
+    ngx_echelon_pg_query(sched->emcf->pool, q);
+
+    return;
+
+failed:
+
+    /* out of memory: put back what was taken, and try again later */
+
+    while (!ngx_queue_empty(&sched->flushing)) {
+        qe = ngx_queue_last(&sched->flushing);
+        ngx_queue_remove(qe);
+        ngx_queue_insert_head(&sched->finishing, qe);
+    }
+
+    ngx_add_timer(&sched->flush_retry, NGX_ECHELON_FINISH_RETRY);
+}
+
+
+static json_t *
+ngx_echelon_job_result(ngx_echelon_job_t *job)
+{
+    json_t  *o;
+
+    o = json_object();
+    if (o == NULL) {
+        return NULL;
+    }
+
+    if (json_object_set_new(o, "id", ngx_echelon_json_cstr(
+                                      (const char *) job->id.data))
+        || json_object_set_new(o, "token", ngx_echelon_json_cstr(
+                                         (const char *) job->token.data))
+        || json_object_set_new(o, "status", ngx_echelon_json_cstr(
+                                          job->status))
+        || json_object_set_new(o, "reason", ngx_echelon_json_cstr(
+                                          (const char *) job->reason.data))
+        || json_object_set_new(o, "address", ngx_echelon_json_cstr(
+                                           (const char *) job->address.data))
+        || json_object_set_new(o, "subject", ngx_echelon_json_cstr(
+                                           (const char *) job->subject.data))
+        || json_object_set_new(o, "body", ngx_echelon_json_cstr(
+                                        (const char *) job->body.data))
+        || json_object_set_new(o, "retry_in", ngx_echelon_json_cstr(
+                                            job->retrying ? job->retry_in
+                                                          : NULL))
+        || json_object_set_new(o, "outcome", ngx_echelon_json_cstr(
+                                           job->outcome))
+        || json_object_set_new(o, "provider_id", ngx_echelon_json_cstr(
+                                   (const char *) job->provider_id.data)))
+    {
+        json_decref(o);
+        return NULL;
+    }
+
+    return o;
+}
+
+
+static void
+ngx_echelon_sched_flushed(ngx_echelon_pg_query_t *q, PGresult *res)
+{
+    ngx_uint_t                n;
+    ngx_queue_t              *qe;
+    ngx_echelon_job_t        *job;
+    ngx_echelon_scheduler_t  *sched;
+
+    sched = q->data;
+    sched->flushing_now = 0;
+
+    ngx_free(sched->flush_json);
+    sched->flush_json = NULL;
 
     if (res != NULL && q->status == NGX_ECHELON_PG_OK) {
-        ngx_echelon_job_free(job);
+
+        while (!ngx_queue_empty(&sched->flushing)) {
+            qe = ngx_queue_head(&sched->flushing);
+            job = ngx_queue_data(qe, ngx_echelon_job_t, finish);
+            ngx_queue_remove(qe);
+            ngx_echelon_job_free(job);
+        }
+
+        ngx_echelon_sched_flush(sched);
         return;
     }
 
     /*
-     * The result is known but not written.  Keep trying while the lease
-     * holds; after that the delivery is due again, and may go out twice.
+     * The results are known but not written.  Keep trying while the leases
+     * hold; after that the deliveries are due again, and may go out twice.
+     * A group the database refused is split, so that one bad result cannot
+     * hold back the others.
      */
 
-    if (ngx_current_msec - job->started
-        < job->sched->emcf->scheduler_lease - NGX_ECHELON_FINISH_RETRY)
-    {
-        ngx_add_timer(&job->retry, NGX_ECHELON_FINISH_RETRY);
+    n = 0;
+
+    while (!ngx_queue_empty(&sched->flushing)) {
+        qe = ngx_queue_head(&sched->flushing);
+        job = ngx_queue_data(qe, ngx_echelon_job_t, finish);
+        ngx_queue_remove(qe);
+
+        if (ngx_current_msec - job->started
+            >= sched->emcf->scheduler_lease - NGX_ECHELON_FINISH_RETRY)
+        {
+            ngx_log_error(NGX_LOG_ERR, sched->log, 0,
+                          "echelon: the result of delivery %V could not be "
+                          "stored before its lease ran out", &job->id);
+            ngx_echelon_job_free(job);
+            continue;
+        }
+
+        if (q->status == NGX_ECHELON_PG_FAILED && !job->alone) {
+            job->alone = 1;
+            n++;
+        }
+
+        ngx_queue_insert_tail(&sched->finishing, qe);
+    }
+
+    if (n > 1) {
+        ngx_echelon_sched_flush(sched);
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, job->sched->log, 0,
-                  "echelon: the result of delivery %V could not be stored "
-                  "before its lease ran out", &job->id);
-
-    ngx_echelon_job_free(job);
+    if (!ngx_queue_empty(&sched->finishing)) {
+        ngx_add_timer(&sched->flush_retry, NGX_ECHELON_FINISH_RETRY);
+    }
 }
 
 
 static void
-ngx_echelon_job_retry(ngx_event_t *ev)
+ngx_echelon_flush_retry_handler(ngx_event_t *ev)
 {
-    ngx_echelon_job_finish(ev->data);
+    ngx_echelon_sched_flush(ev->data);
 }
 
 
@@ -816,14 +1049,12 @@ ngx_echelon_job_free(ngx_echelon_job_t *job)
 
     sched = job->sched;
 
-    if (job->retry.timer_set) {
-        ngx_del_timer(&job->retry);
-    }
-
-    ngx_echelon_pg_detach(&job->query);
-
     ngx_queue_remove(&job->queue);
     sched->njobs--;
+
+    if (job->sending) {
+        sched->nsending--;
+    }
 
     ngx_destroy_pool(job->pool);
 
@@ -831,10 +1062,7 @@ ngx_echelon_job_free(ngx_echelon_job_t *job)
         ngx_del_timer(&sched->guard);
     }
 
-    if (sched->again && sched->njobs < sched->emcf->scheduler_batch) {
-        sched->again = 0;
-        ngx_echelon_sched_next(sched, 1);
-    }
+    ngx_echelon_sched_resume(sched);
 }
 
 
@@ -887,4 +1115,17 @@ ngx_echelon_guard_handler(ngx_event_t *ev)
                       "echelon: %ui deliveries still in flight after a "
                       "lease", sched->njobs);
     }
+}
+
+
+/* a JSON string, or null for no value */
+
+static json_t *
+ngx_echelon_json_cstr(const char *s)
+{
+    if (s == NULL) {
+        return json_null();
+    }
+
+    return ngx_echelon_json_text((u_char *) s, ngx_strlen(s));
 }

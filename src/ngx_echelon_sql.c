@@ -1205,14 +1205,22 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
       "         ON ch.account_id = d.account_id AND ch.kind = d.channel", 2 },
 
     /*
-     * NGX_ECHELON_SQL_FINISH: $1 delivery, $2 claim token, $3 status,
-     * $4 reason, $5 address, $6 subject, $7 body, $8 retry in seconds
-     * (NULL when final), $9 attempt outcome (NULL when nothing was sent),
-     * $10 the provider's message id
+     * NGX_ECHELON_SQL_FINISH: $1 a JSON array of results, one object a
+     * delivery: id, claim token, status, reason, address, subject, body,
+     * retry in seconds (null when final), attempt outcome (null when
+     * nothing was sent) and the provider's message id; written in one
+     * transaction, in the order of the ids so that two never wait on each
+     * other's rows crosswise
      */
     { "echelon_finish",
-      "SELECT echelon_finish($1, $2::bigint, $3, $4, $5, $6, $7,"
-      "                      $8::integer, $9, $10) AS finished", 10 },
+      "SELECT count(*) FILTER (WHERE echelon_finish(f.id, f.token, f.status,"
+      "                 f.reason, f.address, f.subject, f.body, f.retry_in,"
+      "                 f.outcome, f.provider_id)) AS finished "
+      "  FROM (SELECT * FROM json_to_recordset($1::json) AS r(id text,"
+      "          token bigint, status text, reason text, address text,"
+      "          subject text, body text, retry_in integer, outcome text,"
+      "          provider_id text)"
+      "        ORDER BY id) f", 1 },
 
     /* NGX_ECHELON_SQL_PROVIDER_STATUS: $1 account, $2 JSON statuses */
     { "echelon_provider_status",
