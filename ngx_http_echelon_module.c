@@ -343,7 +343,10 @@ ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_echelon_main_conf_t *emcf = conf;
 
-    ngx_str_t  url;
+    ngx_str_t                  url;
+    ngx_msec_t                 timeout;
+    ngx_resolver_t            *resolver;
+    ngx_http_core_loc_conf_t  *clcf;
 
     ngx_conf_init_uint_value(emcf->pool_size, 8);
     ngx_conf_init_msec_value(emcf->connect_timeout, 3000);
@@ -378,8 +381,6 @@ ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
 
         ngx_str_set(&url, "https://api.twilio.com");
 
-        /* resolved when the configuration is read, in the master */
-
         if (emcf->twilio_sid.len
             && ngx_echelon_endpoint_parse(cf, &url, emcf->twilio) != NGX_OK)
         {
@@ -400,6 +401,23 @@ ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
         if (ngx_echelon_endpoint_parse(cf, &url, emcf->meta) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
+    }
+
+    /* the http block's resolver, if it has one, finds the providers */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    resolver = (clcf->resolver == NGX_CONF_UNSET_PTR) ? NULL : clcf->resolver;
+    timeout = (clcf->resolver_timeout == NGX_CONF_UNSET_MSEC)
+              ? 30000 : clcf->resolver_timeout;
+
+    if (ngx_echelon_endpoint_resolve(cf, emcf->twilio, resolver, timeout)
+        != NGX_OK
+        || (emcf->meta
+            && ngx_echelon_endpoint_resolve(cf, emcf->meta, resolver, timeout)
+               != NGX_OK))
+    {
+        return NGX_CONF_ERROR;
     }
 
     if (emcf->scheduler_lease < 2 * ngx_max(emcf->smtp_timeout,
@@ -567,7 +585,7 @@ ngx_http_echelon_smtp_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* a provider's base URL, resolved now, in the master */
+/* a provider's base URL; its host is looked up at the end of http{} */
 
 static char *
 ngx_http_echelon_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)

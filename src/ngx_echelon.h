@@ -100,8 +100,11 @@ typedef struct ngx_echelon_fetch_s  ngx_echelon_fetch_t;
 
 typedef struct {
     ngx_str_t                   url;        /* http(s)://host[:port] */
+    ngx_str_t                   authority;  /* host[:port] of the URL */
     ngx_addr_t                 *addrs;      /* resolved at configuration */
     ngx_uint_t                  naddrs;
+    ngx_resolver_t             *resolver;   /* or for each connection */
+    ngx_msec_t                  resolver_timeout;
     ngx_str_t                   host;       /* Host header, SNI, checks */
     in_port_t                   port;
     unsigned                    tls:1;
@@ -132,6 +135,9 @@ typedef void (*ngx_echelon_fetch_done_pt)(void *data,
 
 ngx_int_t ngx_echelon_endpoint_parse(ngx_conf_t *cf, ngx_str_t *url,
     ngx_echelon_endpoint_t *ep);
+ngx_int_t ngx_echelon_endpoint_resolve(ngx_conf_t *cf,
+    ngx_echelon_endpoint_t *ep, ngx_resolver_t *resolver,
+    ngx_msec_t timeout);
 ngx_echelon_fetch_t *ngx_echelon_fetch_create(ngx_cycle_t *cycle);
 void ngx_echelon_fetch_destroy(ngx_echelon_fetch_t *fetch);
 ngx_int_t ngx_echelon_fetch(ngx_echelon_fetch_t *fetch,

@@ -43,6 +43,7 @@
 
 typedef enum {
     NGX_ECHELON_FETCH_QUEUED = 0,
+    NGX_ECHELON_FETCH_RESOLVING,
     NGX_ECHELON_FETCH_CONNECTING,
     NGX_ECHELON_FETCH_HANDSHAKING,
     NGX_ECHELON_FETCH_SENDING,
@@ -119,6 +120,9 @@ struct ngx_echelon_fetch_exchange_s {
     ngx_str_t                       request;
     size_t                          sent;
 
+    ngx_addr_t                     *addrs;      /* the endpoint's, or */
+    ngx_uint_t                      naddrs;     /* resolved for this one */
+    ngx_resolver_ctx_t             *resolving;
     ngx_uint_t                      first;      /* address of the first try */
     ngx_uint_t                      tries;      /* addresses tried */
 
@@ -188,6 +192,9 @@ static ngx_echelon_fetch_conn_t *ngx_echelon_fetch_idle_get(
 static void ngx_echelon_fetch_reuse(ngx_echelon_fetch_exchange_t *ex,
     ngx_echelon_fetch_conn_t *conn);
 static void ngx_echelon_fetch_connect(ngx_echelon_fetch_exchange_t *ex);
+static void ngx_echelon_fetch_resolve(ngx_echelon_fetch_exchange_t *ex);
+static void ngx_echelon_fetch_resolved(ngx_resolver_ctx_t *ctx);
+static void ngx_echelon_fetch_resolve_done(ngx_echelon_fetch_exchange_t *ex);
 static ngx_int_t ngx_echelon_fetch_open(ngx_echelon_fetch_exchange_t *ex,
     ngx_addr_t *addr);
 static void ngx_echelon_fetch_connect_handler(ngx_event_t *ev);
@@ -246,6 +253,7 @@ static time_t ngx_echelon_fetch_retry_after(u_char *p, size_t len);
 
 static const char  *ngx_echelon_fetch_phases[] = {
     "waiting for a free connection",
+    "resolving the provider's name",
     "connecting",
     "in the TLS handshake",
     "sending the request",
@@ -322,20 +330,19 @@ ngx_echelon_endpoint_parse(ngx_conf_t *cf, ngx_str_t *url,
     u.url.data = ep->url.data + skip;
     u.url.len = last - u.url.data;
     u.default_port = port;
-    u.no_resolve = 0;
+    u.no_resolve = 1;
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in \"%V\"",
-                           u.err ? u.err : "cannot resolve the host", url);
+                           u.err ? u.err : "invalid host", url);
         return NGX_ERROR;
     }
 
-    if (u.family == AF_UNIX || u.naddrs == 0) {
+    if (u.family == AF_UNIX || u.host.len == 0) {
         goto invalid;
     }
 
-    ep->addrs = u.addrs;
-    ep->naddrs = u.naddrs;
+    ep->authority = u.url;
     ep->host = u.host;
     ep->port = u.port;
 
@@ -349,6 +356,48 @@ invalid:
                        "without a path", url);
 
     return NGX_ERROR;
+}
+
+
+/*
+ * With a resolver (the http block's "resolver"), a host name is looked up
+ * for each new connection, so that a change in DNS needs no reload; an
+ * address, or a name with no resolver, is resolved once, now.
+ */
+
+ngx_int_t
+ngx_echelon_endpoint_resolve(ngx_conf_t *cf, ngx_echelon_endpoint_t *ep,
+    ngx_resolver_t *resolver, ngx_msec_t timeout)
+{
+    ngx_url_t  u;
+
+    if (ep->url.len == 0) {
+        return NGX_OK;
+    }
+
+    if (resolver && ep->host.data[0] != '['
+        && ngx_inet_addr(ep->host.data, ep->host.len) == INADDR_NONE)
+    {
+        ep->resolver = resolver;
+        ep->resolver_timeout = timeout;
+        return NGX_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = ep->authority;
+    u.default_port = ep->port;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in \"%V\"",
+                           u.err ? u.err : "host not found", &ep->url);
+        return NGX_ERROR;
+    }
+
+    ep->addrs = u.addrs;
+    ep->naddrs = u.naddrs;
+
+    return NGX_OK;
 }
 
 
@@ -500,7 +549,9 @@ ngx_echelon_fetch_valid(ngx_echelon_fetch_t *fetch,
 
     fault = NULL;
 
-    if (req->endpoint == NULL || req->endpoint->naddrs == 0) {
+    if (req->endpoint == NULL
+        || (req->endpoint->naddrs == 0 && req->endpoint->resolver == NULL))
+    {
         fault = "no endpoint";
         goto invalid;
     }
@@ -832,6 +883,17 @@ ngx_echelon_fetch_connect(ngx_echelon_fetch_exchange_t *ex)
 
     ep = ex->origin->endpoint;
 
+    if (ex->addrs == NULL) {
+
+        if (ep->resolver) {
+            ngx_echelon_fetch_resolve(ex);
+            return;
+        }
+
+        ex->addrs = ep->addrs;
+        ex->naddrs = ep->naddrs;
+    }
+
     ex->phase = NGX_ECHELON_FETCH_CONNECTING;
 
     for ( ;; ) {
@@ -841,19 +903,141 @@ ngx_echelon_fetch_connect(ngx_echelon_fetch_exchange_t *ex)
         }
 
         rc = ngx_echelon_fetch_open(ex,
-                                 &ep->addrs[(ex->first + ex->tries++)
-                                            % ep->naddrs]);
+                                    &ex->addrs[(ex->first + ex->tries++)
+                                               % ex->naddrs]);
 
         if (rc == NGX_OK) {
             return;
         }
 
-        if (rc == NGX_DECLINED && ex->tries < ep->naddrs) {
+        if (rc == NGX_DECLINED && ex->tries < ex->naddrs) {
             continue;
         }
 
         ngx_echelon_fetch_finish(ex);
         return;
+    }
+}
+
+
+/*
+ * The name is looked up for this exchange; nginx's resolver keeps answers
+ * for their TTL (or the "valid" of the resolver directive).  The handler
+ * may run at once, from ngx_resolve_name(), when the answer is cached.
+ */
+
+static void
+ngx_echelon_fetch_resolve(ngx_echelon_fetch_exchange_t *ex)
+{
+    ngx_resolver_ctx_t      *ctx;
+    ngx_echelon_endpoint_t  *ep;
+
+    ep = ex->origin->endpoint;
+
+    ex->phase = NGX_ECHELON_FETCH_RESOLVING;
+
+    ctx = ngx_resolve_start(ep->resolver, NULL);
+
+    if (ctx == NULL) {
+        ngx_echelon_fetch_fail(ex, 0, "not enough memory");
+        return;
+    }
+
+    if (ctx == NGX_NO_RESOLVER) {
+        ngx_echelon_fetch_fail(ex, 0, "no resolver to look up \"%V\"",
+                               &ep->host);
+        return;
+    }
+
+    ctx->name = ep->host;
+    ctx->handler = ngx_echelon_fetch_resolved;
+    ctx->data = ex;
+    ctx->timeout = ep->resolver_timeout;
+
+    ex->resolving = ctx;
+
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+        ex->resolving = NULL;
+        ngx_echelon_fetch_fail(ex, 0, "could not start to resolve \"%V\"",
+                               &ep->host);
+    }
+}
+
+
+static void
+ngx_echelon_fetch_resolved(ngx_resolver_ctx_t *ctx)
+{
+    u_char                        *p;
+    size_t                         len;
+    ngx_uint_t                     i;
+    ngx_addr_t                    *addr;
+    struct sockaddr               *sa;
+    ngx_echelon_endpoint_t        *ep;
+    ngx_echelon_fetch_exchange_t  *ex;
+
+    ex = ctx->data;
+    ep = ex->origin->endpoint;
+
+    if (ctx->state) {
+        ngx_echelon_fetch_fail(ex, 0, "could not resolve \"%V\" (%i: %s)",
+                               &ep->host, ctx->state,
+                               ngx_resolver_strerror(ctx->state));
+        return;
+    }
+
+    ex->addrs = ngx_pcalloc(ex->pool, ctx->naddrs * sizeof(ngx_addr_t));
+    if (ex->addrs == NULL) {
+        goto nomem;
+    }
+
+    for (i = 0; i < ctx->naddrs; i++) {
+        addr = &ex->addrs[i];
+
+        sa = ngx_palloc(ex->pool, ctx->addrs[i].socklen);
+        p = ngx_pnalloc(ex->pool, NGX_SOCKADDR_STRLEN);
+
+        if (sa == NULL || p == NULL) {
+            goto nomem;
+        }
+
+        ngx_memcpy(sa, ctx->addrs[i].sockaddr, ctx->addrs[i].socklen);
+        ngx_inet_set_port(sa, ep->port);
+
+        len = ngx_sock_ntop(sa, ctx->addrs[i].socklen, p,
+                            NGX_SOCKADDR_STRLEN, 1);
+
+        addr->sockaddr = sa;
+        addr->socklen = ctx->addrs[i].socklen;
+        addr->name.data = p;
+        addr->name.len = len;
+    }
+
+    ex->naddrs = ctx->naddrs;
+
+    ngx_echelon_fetch_resolve_done(ex);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ex->fetch->log, 0,
+                   "echelon fetch: \"%V\" has %ui addresses",
+                   &ep->host, ex->naddrs);
+
+    ngx_echelon_fetch_connect(ex);
+
+    return;
+
+nomem:
+
+    ex->addrs = NULL;
+
+    ngx_echelon_fetch_fail(ex, 0, "not enough memory");
+}
+
+
+static void
+ngx_echelon_fetch_resolve_done(ngx_echelon_fetch_exchange_t *ex)
+{
+    if (ex->resolving) {
+        ngx_resolve_name_done(ex->resolving);
+        ex->resolving = NULL;
     }
 }
 
@@ -987,7 +1171,7 @@ ngx_echelon_fetch_connect_handler(ngx_event_t *ev)
 
     ngx_echelon_fetch_note(ex, err, "connect() to %V failed", conn->peer);
 
-    if (ex->tries < ex->origin->endpoint->naddrs) {
+    if (ex->tries < ex->naddrs) {
         ngx_echelon_fetch_requeue(ex);
         return;
     }
@@ -1438,6 +1622,8 @@ ngx_echelon_fetch_finish(ngx_echelon_fetch_exchange_t *ex)
         ngx_del_timer(&ex->timer);
     }
 
+    ngx_echelon_fetch_resolve_done(ex);
+
     ngx_queue_remove(&ex->queue);
 
     if (ex->conn) {
@@ -1545,6 +1731,8 @@ ngx_echelon_fetch_abandon(ngx_echelon_fetch_exchange_t *ex)
     if (ex->timer.timer_set) {
         ngx_del_timer(&ex->timer);
     }
+
+    ngx_echelon_fetch_resolve_done(ex);
 
     ngx_queue_remove(&ex->queue);
 

@@ -8,12 +8,14 @@ package FakeProvider;
 #   ...0429  429 with Retry-After: 1        ...0500  503
 #   ...0400  400 with the provider's error  ...0000  no answer (hang)
 #   ...7xxx  the usual answer, 300 ms late
+#   ...0104  the connection reset (RST) once the request is read
 #   anything else: 201 (Twilio) or 200 (Meta) with a message id
 
 use strict;
 use warnings;
 
 use IO::Socket::INET;
+use Socket qw(SOL_SOCKET SO_LINGER);
 use JSON::PP;
 use POSIX ();
 
@@ -97,6 +99,12 @@ sub serve {
 
         if ($to =~ /0000$/) {
             sleep 20;
+            return;
+        }
+
+        if ($to =~ /0104$/) {
+            setsockopt($c, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0));
+            close $c;
             return;
         }
 
