@@ -1772,6 +1772,7 @@ ngx_echelon_feed(ngx_echelon_ctx_t *ctx, ngx_echelon_sql_e sql)
 static ngx_int_t
 ngx_echelon_feed_query(ngx_echelon_ctx_t *ctx, ngx_echelon_feed_t *feed)
 {
+    const char               *limit;
     ngx_echelon_pg_query_t   *q;
     ngx_echelon_feed_args_t  *a, none;
 
@@ -1785,6 +1786,13 @@ ngx_echelon_feed_query(ngx_echelon_ctx_t *ctx, ngx_echelon_feed_t *feed)
         ngx_memzero(&none, sizeof(ngx_echelon_feed_args_t));
         none.limit = -1;
         a = &none;
+    }
+
+    /* one more than the page, to know whether there is more */
+
+    limit = ngx_echelon_str(ctx, a->limit + 1);
+    if (limit == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /* $1, the key's hash, stays */
@@ -1804,7 +1812,7 @@ ngx_echelon_feed_query(ngx_echelon_ctx_t *ctx, ngx_echelon_feed_t *feed)
 
     ngx_echelon_pg_param_cstr(q, (const char *) a->since.data);
     ngx_echelon_pg_param_cstr(q, (const char *) a->cursor.data);
-    ngx_echelon_pg_param_cstr(q, ngx_echelon_str(ctx, a->limit + 1));
+    ngx_echelon_pg_param_cstr(q, limit);
 
     q->sql = feed->sql;
     ngx_echelon_run(ctx, ngx_echelon_feed_listed);
