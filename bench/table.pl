@@ -91,9 +91,7 @@ sub bound_row {
 ratio_row('1. Webhook ingest, signed invoice.finalized, 64 conn.',
           'webhook', 'anchor', 0.8, 'pgbench, same transaction');
 ratio_row('2. API read: activity feed, 50 items, 1M deliveries',
-          'feed', 'anchor', 0.8, 'pgbench, same query');
-ratio_row('2b. the same against every statement of the request',
-          'feed', 'anchor_all', undef, 'pgbench, auth + employee + page');
+          'feed', 'anchor', 0.8, 'pgbench, the same statement');
 ratio_row('3a. Sending, scheduler → SMTP sink',
           'smtp', 'anchor', undef, "the sink's own limit");
 ratio_row('3b. Sending, scheduler → HTTP sink',

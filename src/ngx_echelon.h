@@ -322,6 +322,34 @@ ngx_int_t ngx_echelon_hmac(const char *digest, ngx_str_t *key,
 json_t *ngx_echelon_json_column(PGresult *res, int row, const char *column);
 
 
+/* JSON answers written straight into buffers (src/ngx_echelon_http.c) */
+
+typedef struct {
+    ngx_http_request_t         *request;
+    ngx_chain_t                *first;
+    ngx_chain_t               **last;
+    ngx_buf_t                  *buf;        /* the one written to */
+    size_t                      size;       /* of a new buffer */
+    unsigned                    failed:1;
+} ngx_echelon_json_out_t;
+
+
+#define ngx_echelon_out_literal(out, s)                                      \
+    ngx_echelon_out_raw(out, (u_char *) s, sizeof(s) - 1)
+
+void ngx_echelon_out_init(ngx_echelon_json_out_t *out, ngx_http_request_t *r,
+    size_t size);
+void ngx_echelon_out_raw(ngx_echelon_json_out_t *out, u_char *data,
+    size_t len);
+void ngx_echelon_out_string(ngx_echelon_json_out_t *out, u_char *text,
+    size_t len);
+void ngx_echelon_out_column(ngx_echelon_json_out_t *out, PGresult *res,
+    int row, int column);
+void ngx_echelon_out_integer(ngx_echelon_json_out_t *out, ngx_int_t n);
+ngx_int_t ngx_echelon_out_send(ngx_echelon_json_out_t *out,
+    ngx_uint_t status);
+
+
 /* the API and the webhooks (src/ngx_echelon_api.c, ngx_echelon_stripe.c) */
 
 ngx_int_t ngx_echelon_api_handler(ngx_http_request_t *r);

@@ -17,6 +17,7 @@
 #define NGX_ECHELON_API_ANY      0
 #define NGX_ECHELON_API_KEY      1
 #define NGX_ECHELON_API_ADMIN    2
+#define NGX_ECHELON_API_KEY_SQL  3      /* the statement checks the key */
 
 #define NGX_ECHELON_NAME_MAX     200
 #define NGX_ECHELON_TEXT_MAX     20000
@@ -24,6 +25,31 @@
 
 
 typedef ngx_int_t (*ngx_echelon_api_start_pt)(ngx_echelon_ctx_t *ctx);
+
+
+typedef struct {
+    ngx_str_t                   status;
+    ngx_str_t                   channel;
+    ngx_str_t                   contact;
+    ngx_str_t                   since;
+    ngx_str_t                   cursor;
+    ngx_int_t                   limit;
+} ngx_echelon_feed_args_t;
+
+
+typedef struct {
+    ngx_echelon_sql_e           sql;
+    ngx_echelon_feed_args_t     args;
+    unsigned                    check:1;    /* the parameters are wrong */
+    unsigned                    bad_since:1;
+} ngx_echelon_feed_t;
+
+
+typedef struct {
+    ngx_str_t                   key;        /* what comes before the value */
+    const char                 *column;
+    ngx_uint_t                  integer;
+} ngx_echelon_delivery_field_t;
 
 
 typedef struct {
@@ -41,6 +67,7 @@ static ngx_int_t ngx_echelon_api_authenticate(ngx_echelon_ctx_t *ctx,
     ngx_echelon_route_t *route);
 static ngx_int_t ngx_echelon_api_authorized(ngx_echelon_ctx_t *ctx,
     PGresult *res);
+static ngx_int_t ngx_echelon_api_unauthorized(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_api_key_hash(ngx_str_t *key, u_char *hex);
 
 static ngx_int_t ngx_echelon_account_create(ngx_echelon_ctx_t *ctx);
@@ -81,11 +108,21 @@ static ngx_int_t ngx_echelon_contact_found(ngx_echelon_ctx_t *ctx,
     PGresult *res);
 static json_t *ngx_echelon_contact_json(PGresult *res, int row);
 static ngx_int_t ngx_echelon_activity(ngx_echelon_ctx_t *ctx);
-static ngx_int_t ngx_echelon_activity_employee(ngx_echelon_ctx_t *ctx,
+static ngx_int_t ngx_echelon_contact_activity(ngx_echelon_ctx_t *ctx);
+static ngx_int_t ngx_echelon_feed(ngx_echelon_ctx_t *ctx,
+    ngx_echelon_sql_e sql);
+static ngx_int_t ngx_echelon_feed_query(ngx_echelon_ctx_t *ctx,
+    ngx_echelon_feed_t *feed);
+static ngx_int_t ngx_echelon_feed_listed(ngx_echelon_ctx_t *ctx,
     PGresult *res);
-static ngx_int_t ngx_echelon_activity_listed(ngx_echelon_ctx_t *ctx,
-    PGresult *res);
-static json_t *ngx_echelon_delivery_json(PGresult *res, int row);
+static ngx_int_t ngx_echelon_feed_args(ngx_echelon_ctx_t *ctx,
+    ngx_echelon_feed_t *feed, ngx_int_t *rc);
+static ngx_int_t ngx_echelon_feed_send(ngx_echelon_ctx_t *ctx, PGresult *res,
+    ngx_int_t limit);
+static ngx_int_t ngx_echelon_delivery_columns(ngx_echelon_ctx_t *ctx,
+    PGresult *res, int *col);
+static void ngx_echelon_delivery_write(ngx_echelon_json_out_t *out,
+    PGresult *res, int row, int *col);
 static ngx_int_t ngx_echelon_delivery_get(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_delivery_found(ngx_echelon_ctx_t *ctx,
     PGresult *res);
@@ -111,7 +148,6 @@ static ngx_int_t ngx_echelon_trigger_delete(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_contact_patch(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_contact_patched(ngx_echelon_ctx_t *ctx,
     PGresult *res);
-static ngx_int_t ngx_echelon_contact_activity(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_invoice_create(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_invoice_created(ngx_echelon_ctx_t *ctx,
     PGresult *res);
@@ -186,6 +222,32 @@ static const char  *ngx_echelon_statuses[] = {
 };
 
 
+/* a delivery as the feed shows it, key by key */
+
+static ngx_echelon_delivery_field_t  ngx_echelon_delivery_fields[] = {
+    { ngx_string("{\"id\":"), "id", 0 },
+    { ngx_string(",\"trigger\":"), "trigger_id", 0 },
+    { ngx_string(",\"event\":"), "event", 0 },
+    { ngx_string(",\"channel\":"), "channel", 0 },
+    { ngx_string(",\"contact\":{\"id\":"), "contact_id", 0 },
+    { ngx_string(",\"name\":"), "contact_name", 0 },
+    { ngx_string(",\"address\":"), "address", 0 },
+    { ngx_string("},\"invoice\":"), "invoice_id", 0 },
+    { ngx_string(",\"status\":"), "status", 0 },
+    { ngx_string(",\"reason\":"), "reason", 0 },
+    { ngx_string(",\"attempts\":"), "attempts", 1 },
+    { ngx_string(",\"due_at\":"), "due_at", 0 },
+    { ngx_string(",\"sent_at\":"), "sent_at", 0 },
+    { ngx_string(",\"delivered_at\":"), "delivered_at", 0 },
+    { ngx_string(",\"created_at\":"), "created_at", 0 },
+    { ngx_string(",\"subject\":"), "subject", 0 }
+};
+
+#define NGX_ECHELON_DELIVERY_FIELDS                                          \
+    (sizeof(ngx_echelon_delivery_fields)                                     \
+     / sizeof(ngx_echelon_delivery_field_t))
+
+
 static ngx_echelon_route_t  ngx_echelon_routes[] = {
 
     { NGX_HTTP_POST, { "accounts", NULL }, NGX_ECHELON_API_ADMIN,
@@ -237,7 +299,7 @@ static ngx_echelon_route_t  ngx_echelon_routes[] = {
       NGX_ECHELON_API_KEY, ngx_echelon_trigger_list },
 
     { NGX_HTTP_GET, { "employees", "*", "activity", NULL },
-      NGX_ECHELON_API_KEY, ngx_echelon_activity },
+      NGX_ECHELON_API_KEY_SQL, ngx_echelon_activity },
 
     { NGX_HTTP_POST, { "contacts", NULL }, NGX_ECHELON_API_KEY,
       ngx_echelon_contact_create },
@@ -249,7 +311,7 @@ static ngx_echelon_route_t  ngx_echelon_routes[] = {
       ngx_echelon_contact_patch },
 
     { NGX_HTTP_GET, { "contacts", "*", "activity", NULL },
-      NGX_ECHELON_API_KEY, ngx_echelon_contact_activity },
+      NGX_ECHELON_API_KEY_SQL, ngx_echelon_contact_activity },
 
     { NGX_HTTP_POST, { "invoices", NULL }, NGX_ECHELON_API_KEY,
       ngx_echelon_invoice_create },
@@ -263,7 +325,7 @@ static ngx_echelon_route_t  ngx_echelon_routes[] = {
     { NGX_HTTP_POST, { "invoices", "*", "void", NULL },
       NGX_ECHELON_API_KEY, ngx_echelon_invoice_void },
 
-    { NGX_HTTP_GET, { "deliveries", "*", NULL }, NGX_ECHELON_API_KEY,
+    { NGX_HTTP_GET, { "deliveries", "*", NULL }, NGX_ECHELON_API_KEY_SQL,
       ngx_echelon_delivery_get },
 
     { 0, { NULL }, 0, NULL }
@@ -467,9 +529,17 @@ ngx_echelon_api_authenticate(ngx_echelon_ctx_t *ctx,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) hex);
+
+    /* a route whose statement finds the account by the key's hash ($1) */
+
+    if (route->auth == NGX_ECHELON_API_KEY_SQL) {
+        ctx->route = route;
+        return route->start(ctx);
+    }
+
     ctx->data = route;
     ctx->query.sql = NGX_ECHELON_SQL_AUTH;
-    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) hex);
 
     ngx_echelon_run(ctx, ngx_echelon_api_authorized);
 
@@ -487,8 +557,7 @@ ngx_echelon_api_authorized(ngx_echelon_ctx_t *ctx, PGresult *res)
     }
 
     if (PQntuples(res) != 1) {
-        return ngx_echelon_reject(ctx, NGX_HTTP_UNAUTHORIZED, "unauthorized",
-                                  NULL, "the API key is not valid");
+        return ngx_echelon_api_unauthorized(ctx);
     }
 
     ctx->account_id = ngx_echelon_pg_value(res, 0, "id");
@@ -522,6 +591,14 @@ ngx_echelon_api_authorized(ngx_echelon_ctx_t *ctx, PGresult *res)
     }
 
     return route->start(ctx);
+}
+
+
+static ngx_int_t
+ngx_echelon_api_unauthorized(ngx_echelon_ctx_t *ctx)
+{
+    return ngx_echelon_reject(ctx, NGX_HTTP_UNAUTHORIZED, "unauthorized",
+                              NULL, "the API key is not valid");
 }
 
 
@@ -1650,145 +1727,308 @@ ngx_echelon_contact_json(PGresult *res, int row)
 }
 
 
-/* GET /v1/employees/{id}/activity */
+/*
+ * The activity feed: GET /v1/employees/{id}/activity and
+ * GET /v1/contacts/{id}/activity.  One statement finds the account by its
+ * key, checks that the employee or contact is the account's own and reads
+ * the page, written straight into the answer.  Wrong parameters are told
+ * after a wrong key and an unknown owner, as they always were: the
+ * statement then runs without them, for no item, to learn which comes first.
+ */
 
 static ngx_int_t
 ngx_echelon_activity(ngx_echelon_ctx_t *ctx)
 {
+    return ngx_echelon_feed(ctx, NGX_ECHELON_SQL_ACTIVITY);
+}
+
+
+static ngx_int_t
+ngx_echelon_contact_activity(ngx_echelon_ctx_t *ctx)
+{
+    return ngx_echelon_feed(ctx, NGX_ECHELON_SQL_CONTACT_ACTIVITY);
+}
+
+
+static ngx_int_t
+ngx_echelon_feed(ngx_echelon_ctx_t *ctx, ngx_echelon_sql_e sql)
+{
+    ngx_echelon_feed_t  *feed;
+
+    feed = ngx_pcalloc(ctx->request->pool, sizeof(ngx_echelon_feed_t));
+    if (feed == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    feed->sql = sql;
+    feed->check = (ngx_echelon_feed_args(ctx, feed, NULL) != NGX_OK);
+
+    ctx->data = feed;
+
+    return ngx_echelon_feed_query(ctx, feed);
+}
+
+
+static ngx_int_t
+ngx_echelon_feed_query(ngx_echelon_ctx_t *ctx, ngx_echelon_feed_t *feed)
+{
+    const char               *limit;
+    ngx_echelon_pg_query_t   *q;
+    ngx_echelon_feed_args_t  *a, none;
+
+    q = &ctx->query;
+    a = &feed->args;
+
+    if (feed->check) {
+
+        /* who asks, and for whose feed: no filter and no item */
+
+        ngx_memzero(&none, sizeof(ngx_echelon_feed_args_t));
+        none.limit = -1;
+        a = &none;
+    }
+
+    /* one more than the page, to know whether there is more */
+
+    limit = ngx_echelon_str(ctx, a->limit + 1);
+    if (limit == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* $1, the key's hash, stays */
+
+    q->nparams = 1;
+
     if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx->query.sql = NGX_ECHELON_SQL_EMPLOYEE_GET;
-    ngx_echelon_run(ctx, ngx_echelon_activity_employee);
+    ngx_echelon_pg_param_cstr(q, (const char *) a->status.data);
+    ngx_echelon_pg_param_cstr(q, (const char *) a->channel.data);
+
+    if (feed->sql == NGX_ECHELON_SQL_ACTIVITY) {
+        ngx_echelon_pg_param_cstr(q, (const char *) a->contact.data);
+    }
+
+    ngx_echelon_pg_param_cstr(q, (const char *) a->since.data);
+    ngx_echelon_pg_param_cstr(q, (const char *) a->cursor.data);
+    ngx_echelon_pg_param_cstr(q, limit);
+
+    q->sql = feed->sql;
+    ngx_echelon_run(ctx, ngx_echelon_feed_listed);
 
     return NGX_DONE;
 }
 
 
 static ngx_int_t
-ngx_echelon_activity_employee(ngx_echelon_ctx_t *ctx, PGresult *res)
+ngx_echelon_feed_listed(ngx_echelon_ctx_t *ctx, PGresult *res)
 {
-    ngx_int_t  rc, limit;
-    ngx_str_t  status, channel, contact, since, cursor;
+    ngx_int_t            rc;
+    ngx_echelon_feed_t  *feed;
+
+    feed = ctx->data;
+
+    if (res && ctx->query.status == NGX_ECHELON_PG_FAILED
+        && ctx->query.sqlstate[0] == '2' && ctx->query.sqlstate[1] == '2'
+        && !feed->check)
+    {
+        /* "since" is not a time: told once the key and the owner are */
+
+        feed->check = 1;
+        feed->bad_since = 1;
+
+        return ngx_echelon_feed_query(ctx, feed);
+    }
 
     if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
         return ngx_echelon_db_error(ctx);
     }
 
-    if (PQntuples(res) != 1) {
+    if (PQntuples(res) == 0) {
+        return ngx_echelon_api_unauthorized(ctx);
+    }
+
+    if (PQgetisnull(res, 0, PQfnumber(res, "owner"))) {
         return ngx_echelon_not_found(ctx);
     }
 
-    if (ngx_echelon_list_args(ctx, &cursor, &limit, &rc) != NGX_OK) {
-        return rc;
-    }
-
-    if (ngx_echelon_arg(ctx, "status", &status) != NGX_OK
-        || ngx_echelon_arg(ctx, "channel", &channel) != NGX_OK
-        || ngx_echelon_arg(ctx, "contact", &contact) != NGX_OK
-        || ngx_echelon_arg(ctx, "since", &since) != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (contact.data && !ngx_echelon_id_valid(&contact)) {
-        return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
-                                  "invalid_parameter", "contact",
-                                  "\"contact\" is a contact id");
-    }
-
-    if ((status.data && ngx_echelon_field_enum(ctx, "status", &status,
-                                               ngx_echelon_statuses, &rc)
-                        != NGX_OK)
-        || (channel.data && ngx_echelon_field_enum(ctx, "channel", &channel,
-                                                   ngx_echelon_channels, &rc)
-                            != NGX_OK))
-    {
-        return rc;
-    }
-
-    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) status.data);
-    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) channel.data);
-
-    /* a contact's own activity, or an employee's, filtered by contact */
-
-    if (ctx->query.sql == NGX_ECHELON_SQL_CONTACT_GET) {
-        ctx->query.sql = NGX_ECHELON_SQL_CONTACT_ACTIVITY;
-
-    } else {
-        ctx->query.sql = NGX_ECHELON_SQL_ACTIVITY;
-        ngx_echelon_pg_param_cstr(&ctx->query, (const char *) contact.data);
-    }
-
-    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) since.data);
-    ngx_echelon_pg_param_cstr(&ctx->query, (const char *) cursor.data);
-    ngx_echelon_pg_param_cstr(&ctx->query, ngx_echelon_str(ctx, limit + 1));
-
-    ctx->data = (void *) limit;
-
-    ngx_echelon_run(ctx, ngx_echelon_activity_listed);
-
-    return NGX_DONE;
-}
-
-
-static ngx_int_t
-ngx_echelon_activity_listed(ngx_echelon_ctx_t *ctx, PGresult *res)
-{
-    if (res && ctx->query.status == NGX_ECHELON_PG_FAILED
-        && ctx->query.sqlstate[0] == '2' && ctx->query.sqlstate[1] == '2')
-    {
+    if (feed->bad_since) {
         return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
                                   "invalid_parameter", "since",
                                   "\"since\" must be an RFC 3339 time");
     }
 
-    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
-        return ngx_echelon_db_error(ctx);
+    if (feed->check) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        (void) ngx_echelon_feed_args(ctx, feed, &rc);
+        return rc;
     }
 
-    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
-               ngx_echelon_list_json(ctx, res, ngx_echelon_delivery_json));
+    return ngx_echelon_feed_send(ctx, res, feed->args.limit);
 }
 
 
-static json_t *
-ngx_echelon_delivery_json(PGresult *res, int row)
+/* the feed's parameters in the order they are checked; rc NULL only tests */
+
+static ngx_int_t
+ngx_echelon_feed_args(ngx_echelon_ctx_t *ctx, ngx_echelon_feed_t *feed,
+    ngx_int_t *rc)
 {
-    ngx_str_t  v;
+    ngx_echelon_ctx_t        *tell;
+    ngx_echelon_feed_args_t  *a;
 
-    v = ngx_echelon_pg_value(res, row, "attempts");
+    a = &feed->args;
+    tell = rc ? ctx : NULL;
 
-    return json_pack("{s:o, s:o, s:o, s:o, s:{s:o, s:o, s:o}, s:o, s:o,"
-                     " s:o, s:I, s:o, s:o, s:o, s:o, s:o}",
-                     "id", ngx_echelon_json_column(res, row, "id"),
-                     "trigger",
-                     ngx_echelon_json_column(res, row, "trigger_id"),
-                     "event", ngx_echelon_json_column(res, row, "event"),
-                     "channel", ngx_echelon_json_column(res, row, "channel"),
-                     "contact",
-                     "id", ngx_echelon_json_column(res, row, "contact_id"),
-                     "name",
-                     ngx_echelon_json_column(res, row, "contact_name"),
-                     "address",
-                     ngx_echelon_json_column(res, row, "address"),
-                     "invoice",
-                     ngx_echelon_json_column(res, row, "invoice_id"),
-                     "status", ngx_echelon_json_column(res, row, "status"),
-                     "reason", ngx_echelon_json_column(res, row, "reason"),
-                     "attempts", (json_int_t) ngx_atoi(v.data, v.len),
-                     "due_at", ngx_echelon_json_column(res, row, "due_at"),
-                     "sent_at", ngx_echelon_json_column(res, row, "sent_at"),
-                     "delivered_at",
-                     ngx_echelon_json_column(res, row, "delivered_at"),
-                     "created_at",
-                     ngx_echelon_json_column(res, row, "created_at"),
-                     "subject", ngx_echelon_json_column(res, row, "subject"));
+    if (ngx_echelon_list_args(ctx, &a->cursor, &a->limit, rc) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_echelon_arg(ctx, "status", &a->status) != NGX_OK
+        || ngx_echelon_arg(ctx, "channel", &a->channel) != NGX_OK
+        || ngx_echelon_arg(ctx, "contact", &a->contact) != NGX_OK
+        || ngx_echelon_arg(ctx, "since", &a->since) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (a->contact.data && !ngx_echelon_id_valid(&a->contact)) {
+        if (rc) {
+            *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                     "invalid_parameter", "contact",
+                                     "\"contact\" is a contact id");
+        }
+
+        return NGX_DECLINED;
+    }
+
+    if ((a->status.data
+         && ngx_echelon_field_enum(tell, "status", &a->status,
+                                   ngx_echelon_statuses, rc) != NGX_OK)
+        || (a->channel.data
+            && ngx_echelon_field_enum(tell, "channel", &a->channel,
+                                      ngx_echelon_channels, rc) != NGX_OK))
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
 }
 
 
-/* GET /v1/deliveries/{id} */
+/* {"data": [...], "has_more", "next_cursor"} from limit + 1 rows */
+
+static ngx_int_t
+ngx_echelon_feed_send(ngx_echelon_ctx_t *ctx, PGresult *res, ngx_int_t limit)
+{
+    int                      i, n, col[NGX_ECHELON_DELIVERY_FIELDS];
+    size_t                   size;
+    ngx_uint_t               f, more;
+    ngx_echelon_json_out_t   out;
+
+    if (ngx_echelon_delivery_columns(ctx, res, col) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* the owner's row without an item is an empty page */
+
+    n = PQgetisnull(res, 0, col[0]) ? 0 : PQntuples(res);
+    more = (n > limit);
+
+    if (more) {
+        n = limit;
+    }
+
+    /* room for the page as it most often is, in one buffer */
+
+    size = 64;
+
+    for (i = 0; i < n; i++) {
+        size += 256;
+
+        for (f = 0; f < NGX_ECHELON_DELIVERY_FIELDS; f++) {
+            size += PQgetlength(res, i, col[f]);
+        }
+    }
+
+    ngx_echelon_out_init(&out, ctx->request, size + size / 4);
+    ngx_echelon_out_literal(&out, "{\"data\":[");
+
+    for (i = 0; i < n; i++) {
+        if (i) {
+            ngx_echelon_out_literal(&out, ",");
+        }
+
+        ngx_echelon_delivery_write(&out, res, i, col);
+        ngx_echelon_out_literal(&out, "}");
+    }
+
+    if (more) {
+        ngx_echelon_out_literal(&out, "],\"has_more\":true,\"next_cursor\":");
+        ngx_echelon_out_column(&out, res, n - 1, col[0]);
+        ngx_echelon_out_literal(&out, "}\n");
+
+    } else {
+        ngx_echelon_out_literal(&out,
+                                "],\"has_more\":false,\"next_cursor\":null}\n");
+    }
+
+    return ngx_echelon_out_send(&out, NGX_HTTP_OK);
+}
+
+
+/* where each field of a delivery is in res */
+
+static ngx_int_t
+ngx_echelon_delivery_columns(ngx_echelon_ctx_t *ctx, PGresult *res, int *col)
+{
+    ngx_uint_t  f;
+
+    for (f = 0; f < NGX_ECHELON_DELIVERY_FIELDS; f++) {
+        col[f] = PQfnumber(res, ngx_echelon_delivery_fields[f].column);
+
+        if (col[f] < 0) {
+            ngx_log_error(NGX_LOG_ALERT, ctx->request->connection->log, 0,
+                          "echelon: no column \"%s\" for a delivery",
+                          ngx_echelon_delivery_fields[f].column);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* a delivery of the feed, its object left open for more */
+
+static void
+ngx_echelon_delivery_write(ngx_echelon_json_out_t *out, PGresult *res,
+    int row, int *col)
+{
+    char                         *v;
+    ngx_uint_t                    f;
+    ngx_echelon_delivery_field_t  *field;
+
+    for (f = 0; f < NGX_ECHELON_DELIVERY_FIELDS; f++) {
+        field = &ngx_echelon_delivery_fields[f];
+
+        ngx_echelon_out_raw(out, field->key.data, field->key.len);
+
+        if (!field->integer) {
+            ngx_echelon_out_column(out, res, row, col[f]);
+            continue;
+        }
+
+        v = PQgetvalue(res, row, col[f]);
+        ngx_echelon_out_integer(out,
+                                ngx_atoi((u_char *) v,
+                                         PQgetlength(res, row, col[f])));
+    }
+}
+
+
+/* GET /v1/deliveries/{id}: the feed's fields, the message and its attempts */
 
 static ngx_int_t
 ngx_echelon_delivery_get(ngx_echelon_ctx_t *ctx)
@@ -1807,30 +2047,54 @@ ngx_echelon_delivery_get(ngx_echelon_ctx_t *ctx)
 static ngx_int_t
 ngx_echelon_delivery_found(ngx_echelon_ctx_t *ctx, PGresult *res)
 {
-    json_t     *delivery, *history;
-    ngx_str_t   v;
+    int                      col[NGX_ECHELON_DELIVERY_FIELDS];
+    char                    *history;
+    json_t                  *json;
+    ngx_str_t                v;
+    ngx_echelon_json_out_t   out;
 
     if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
         return ngx_echelon_db_error(ctx);
     }
 
-    if (PQntuples(res) != 1) {
+    if (PQntuples(res) == 0) {
+        return ngx_echelon_api_unauthorized(ctx);
+    }
+
+    if (ngx_echelon_delivery_columns(ctx, res, col) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (PQgetisnull(res, 0, col[0])) {
         return ngx_echelon_not_found(ctx);
     }
 
-    delivery = ngx_echelon_delivery_json(res, 0);
-
-    json_object_set_new(delivery, "body",
-                        ngx_echelon_json_column(res, 0, "body"));
+    /* the history as jansson reads and writes it back: small and rare */
 
     v = ngx_echelon_pg_value(res, 0, "attempt_history");
-    history = v.data ? json_loadb((const char *) v.data, v.len, 0, NULL)
-                     : NULL;
+    json = v.data ? json_loadb((const char *) v.data, v.len, 0, NULL) : NULL;
+    history = json ? json_dumps(json, JSON_COMPACT | JSON_PRESERVE_ORDER)
+                   : NULL;
+    json_decref(json);
 
-    json_object_set_new(delivery, "attempt_history",
-                        history ? history : json_array());
+    ngx_echelon_out_init(&out, ctx->request, 4096);
 
-    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK, delivery);
+    ngx_echelon_delivery_write(&out, res, 0, col);
+    ngx_echelon_out_literal(&out, ",\"body\":");
+    ngx_echelon_out_column(&out, res, 0, PQfnumber(res, "body"));
+    ngx_echelon_out_literal(&out, ",\"attempt_history\":");
+
+    if (history) {
+        ngx_echelon_out_raw(&out, (u_char *) history, ngx_strlen(history));
+        free(history);
+
+    } else {
+        ngx_echelon_out_literal(&out, "[]");
+    }
+
+    ngx_echelon_out_literal(&out, "}\n");
+
+    return ngx_echelon_out_send(&out, NGX_HTTP_OK);
 }
 
 
@@ -2295,22 +2559,6 @@ ngx_echelon_contact_patched(ngx_echelon_ctx_t *ctx, PGresult *res)
                         json_boolean(v.len && v.data[0] == 't'));
 
     return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK, contact);
-}
-
-
-/* GET /v1/contacts/{id}/activity */
-
-static ngx_int_t
-ngx_echelon_contact_activity(ngx_echelon_ctx_t *ctx)
-{
-    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->query.sql = NGX_ECHELON_SQL_CONTACT_GET;
-    ngx_echelon_run(ctx, ngx_echelon_activity_employee);
-
-    return NGX_DONE;
 }
 
 
@@ -3075,6 +3323,8 @@ ngx_echelon_parse_delay(json_t *delay, ngx_int_t *seconds)
 }
 
 
+/* ?cursor= and ?limit=; rc NULL only tests */
+
 static ngx_int_t
 ngx_echelon_list_args(ngx_echelon_ctx_t *ctx, ngx_str_t *cursor,
     ngx_int_t *limit, ngx_int_t *rc)
@@ -3084,14 +3334,21 @@ ngx_echelon_list_args(ngx_echelon_ctx_t *ctx, ngx_str_t *cursor,
     if (ngx_echelon_arg(ctx, "limit", &v) != NGX_OK
         || ngx_echelon_arg(ctx, "cursor", cursor) != NGX_OK)
     {
-        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (rc) {
+            *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         return NGX_ERROR;
     }
 
     if (cursor->data && !ngx_echelon_id_valid(cursor)) {
-        *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
-                                 "invalid_parameter", "cursor",
-                                 "\"cursor\" is the next_cursor of a list");
+        if (rc) {
+            *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                     "invalid_parameter", "cursor",
+                                     "\"cursor\" is the next_cursor of a "
+                                     "list");
+        }
+
         return NGX_ERROR;
     }
 
@@ -3101,9 +3358,12 @@ ngx_echelon_list_args(ngx_echelon_ctx_t *ctx, ngx_str_t *cursor,
         *limit = ngx_atoi(v.data, v.len);
 
         if (*limit < 1 || *limit > 100) {
-            *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
-                                     "invalid_parameter", "limit",
-                                     "\"limit\" must be from 1 to 100");
+            if (rc) {
+                *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                         "invalid_parameter", "limit",
+                                         "\"limit\" must be from 1 to 100");
+            }
+
             return NGX_ERROR;
         }
     }

@@ -15,6 +15,13 @@
 
 
 static void ngx_echelon_ctx_cleanup(void *data);
+static ngx_int_t ngx_echelon_send_chain(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_chain_t *out, off_t len);
+static ngx_int_t ngx_echelon_utf8_char(u_char **p, u_char *last,
+    ngx_str_t *ch);
+static u_char *ngx_echelon_json_escape(u_char *dst, u_char *src, size_t len);
+static u_char *ngx_echelon_out_reserve(ngx_echelon_json_out_t *out,
+    size_t size);
 static void ngx_echelon_query_handler(ngx_echelon_pg_query_t *q,
     PGresult *res);
 
@@ -231,7 +238,6 @@ ngx_int_t
 ngx_echelon_send_text(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *text)
 {
-    ngx_int_t     rc;
     ngx_buf_t    *b;
     ngx_chain_t   out;
 
@@ -243,8 +249,25 @@ ngx_echelon_send_text(ngx_http_request_t *r, ngx_uint_t status,
     b->pos = text->data;
     b->last = text->data + text->len;
     b->memory = 1;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_echelon_send_chain(r, status, &out, text->len);
+}
+
+
+static ngx_int_t
+ngx_echelon_send_chain(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_chain_t *out, off_t len)
+{
+    ngx_int_t     rc;
+    ngx_chain_t  *cl;
+
+    for (cl = out; cl->next; cl = cl->next) { /* void */ }
+
+    cl->buf->last_buf = (r == r->main) ? 1 : 0;
+    cl->buf->last_in_chain = 1;
 
     r->headers_out.status = status;
 
@@ -252,7 +275,7 @@ ngx_echelon_send_text(ngx_http_request_t *r, ngx_uint_t status,
         ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Entity");
     }
 
-    r->headers_out.content_length_n = text->len;
+    r->headers_out.content_length_n = len;
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
@@ -263,10 +286,7 @@ ngx_echelon_send_text(ngx_http_request_t *r, ngx_uint_t status,
         return rc;
     }
 
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_output_filter(r, out);
 }
 
 
@@ -315,9 +335,9 @@ ngx_echelon_send_error(ngx_http_request_t *r, ngx_uint_t status,
 json_t *
 ngx_echelon_json_text(u_char *text, size_t len)
 {
-    u_char    *p, *last, *dst, *out, *start;
-    json_t    *s;
-    uint32_t   c;
+    u_char     *p, *last, *dst, *out;
+    json_t     *s;
+    ngx_str_t   ch;
 
     out = ngx_alloc(3 * len + 1, ngx_cycle->log);
     if (out == NULL) {
@@ -329,28 +349,273 @@ ngx_echelon_json_text(u_char *text, size_t len)
     dst = out;
 
     while (p < last) {
-
-        if (*p < 0x80) {
-            *dst++ = *p++;
-            continue;
-        }
-
-        start = p;
-        c = ngx_utf8_decode(&p, last - p);
-
-        if (c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) {
-            p = start + 1;
-            dst = ngx_cpymem(dst, "\xef\xbf\xbd", 3);
-            continue;
-        }
-
-        dst = ngx_cpymem(dst, start, p - start);
+        (void) ngx_echelon_utf8_char(&p, last, &ch);
+        dst = ngx_cpymem(dst, ch.data, ch.len);
     }
+
+    /* jansson refuses what ngx_echelon_utf8_char() declined: "" then */
 
     s = json_stringn((const char *) out, dst - out);
     ngx_free(out);
 
     return s ? s : json_string("");
+}
+
+
+/*
+ * The next character of text at *p, as ngx_echelon_json_text() keeps it:
+ * its bytes, or U+FFFD for a byte that does not start one.  NGX_DECLINED:
+ * ngx_utf8_decode() took a sequence that is not UTF-8 all the same (a
+ * continuation byte from 0xc0, a first byte from 0xf8), one that jansson
+ * refuses, and with it the whole string.
+ */
+
+static ngx_int_t
+ngx_echelon_utf8_char(u_char **p, u_char *last, ngx_str_t *ch)
+{
+    u_char    *start, *b;
+    uint32_t   c;
+
+    start = *p;
+    ch->data = start;
+
+    if (*start < 0x80) {
+        ch->len = 1;
+        (*p)++;
+        return NGX_OK;
+    }
+
+    c = ngx_utf8_decode(p, last - start);
+
+    if (c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) {
+        ch->data = (u_char *) "\xef\xbf\xbd";
+        ch->len = 3;
+        *p = start + 1;
+        return NGX_OK;
+    }
+
+    ch->len = *p - start;
+
+    if (*start >= 0xf8) {
+        return NGX_DECLINED;
+    }
+
+    for (b = start + 1; b < *p; b++) {
+        if (*b >= 0xc0) {
+            return NGX_DECLINED;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A JSON answer written straight into buffers of the request's pool, as
+ * jansson's json_dumps(JSON_COMPACT) would write it.  A failed allocation
+ * is remembered; ngx_echelon_out_send() then answers 500.
+ */
+
+void
+ngx_echelon_out_init(ngx_echelon_json_out_t *out, ngx_http_request_t *r,
+    size_t size)
+{
+    ngx_memzero(out, sizeof(ngx_echelon_json_out_t));
+
+    out->request = r;
+    out->size = ngx_max(size, 1024);
+    out->last = &out->first;
+}
+
+
+void
+ngx_echelon_out_raw(ngx_echelon_json_out_t *out, u_char *data, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_echelon_out_reserve(out, len);
+
+    if (p) {
+        out->buf->last = ngx_cpymem(p, data, len);
+    }
+}
+
+
+/* text as a JSON string, with the UTF-8 of ngx_echelon_json_text() */
+
+void
+ngx_echelon_out_string(ngx_echelon_json_out_t *out, u_char *text,
+    size_t len)
+{
+    u_char  *p, *c, *last;
+    size_t   size;
+
+    /* at most: U+FFFD for each byte from 0x80, "\u001F" for a control */
+
+    size = 2;
+
+    for (c = text, last = text + len; c < last; c++) {
+        size += (*c >= 0x80) ? 3 : (*c < 0x20) ? 6
+                : (*c == '"' || *c == '\\') ? 2 : 1;
+    }
+
+    p = ngx_echelon_out_reserve(out, size);
+
+    if (p) {
+        out->buf->last = ngx_echelon_json_escape(p, text, len);
+    }
+}
+
+
+void
+ngx_echelon_out_column(ngx_echelon_json_out_t *out, PGresult *res, int row,
+    int column)
+{
+    if (PQgetisnull(res, row, column)) {
+        ngx_echelon_out_literal(out, "null");
+        return;
+    }
+
+    ngx_echelon_out_string(out, (u_char *) PQgetvalue(res, row, column),
+                           PQgetlength(res, row, column));
+}
+
+
+void
+ngx_echelon_out_integer(ngx_echelon_json_out_t *out, ngx_int_t n)
+{
+    u_char  *p;
+
+    p = ngx_echelon_out_reserve(out, NGX_INT_T_LEN);
+
+    if (p) {
+        out->buf->last = ngx_sprintf(p, "%i", n);
+    }
+}
+
+
+ngx_int_t
+ngx_echelon_out_send(ngx_echelon_json_out_t *out, ngx_uint_t status)
+{
+    off_t         len;
+    ngx_chain_t  *cl;
+
+    if (out->failed || out->first == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = 0;
+
+    for (cl = out->first; cl; cl = cl->next) {
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    return ngx_echelon_send_chain(out->request, status, out->first, len);
+}
+
+
+/* size bytes free at the end of the last buffer, or NULL */
+
+static u_char *
+ngx_echelon_out_reserve(ngx_echelon_json_out_t *out, size_t size)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    if (out->failed) {
+        return NULL;
+    }
+
+    if (out->buf && (size_t) (out->buf->end - out->buf->last) >= size) {
+        return out->buf->last;
+    }
+
+    b = ngx_create_temp_buf(out->request->pool, ngx_max(size, out->size));
+    cl = ngx_alloc_chain_link(out->request->pool);
+
+    if (b == NULL || cl == NULL) {
+        out->failed = 1;
+        return NULL;
+    }
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    *out->last = cl;
+    out->last = &cl->next;
+    out->buf = b;
+
+    return b->last;
+}
+
+
+/* "text" with the escapes jansson writes; dst has room for the most */
+
+static u_char *
+ngx_echelon_json_escape(u_char *dst, u_char *src, size_t len)
+{
+    u_char     *p, *last, *start;
+    ngx_str_t   ch;
+
+    static u_char  hex[] = "0123456789ABCDEF";
+
+    p = src;
+    last = src + len;
+
+    *dst++ = '"';
+    start = dst;
+
+    while (p < last) {
+
+        if (*p >= 0x80) {
+            if (ngx_echelon_utf8_char(&p, last, &ch) != NGX_OK) {
+                dst = start;
+                break;
+            }
+
+            dst = ngx_cpymem(dst, ch.data, ch.len);
+            continue;
+        }
+
+        if (*p >= 0x20 && *p != '"' && *p != '\\') {
+            *dst++ = *p++;
+            continue;
+        }
+
+        *dst++ = '\\';
+
+        switch (*p) {
+        case '"':
+        case '\\':
+            *dst++ = *p;
+            break;
+        case '\b':
+            *dst++ = 'b';
+            break;
+        case '\f':
+            *dst++ = 'f';
+            break;
+        case '\n':
+            *dst++ = 'n';
+            break;
+        case '\r':
+            *dst++ = 'r';
+            break;
+        case '\t':
+            *dst++ = 't';
+            break;
+        default:
+            dst = ngx_cpymem(dst, "u00", 3);
+            *dst++ = hex[*p >> 4];
+            *dst++ = hex[*p & 0xf];
+        }
+
+        p++;
+    }
+
+    *dst++ = '"';
+
+    return dst;
 }
 
 

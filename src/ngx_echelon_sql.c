@@ -947,25 +947,40 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
       "  FROM contacts WHERE account_id = $1 AND id = $2", 2 },
 
     /*
-     * NGX_ECHELON_SQL_ACTIVITY: $1 account, $2 employee, $3 status,
-     * $4 channel, $5 contact, $6 since, $7 cursor, $8 limit
+     * NGX_ECHELON_SQL_ACTIVITY: $1 api key hash, $2 employee, $3 status,
+     * $4 channel, $5 contact, $6 since, $7 cursor, $8 limit; no row: no
+     * account has the key; "owner" null: no such employee in the account;
+     * "id" null: an empty page
      */
     { "echelon_activity",
-      "SELECT id, trigger_id, event, channel, contact_id, contact_name,"
-      "       address, invoice_id, status, reason, attempts, due_at,"
-      "       sent_at, delivered_at, created_at, subject "
-      "  FROM echelon_feed "
-      " WHERE account_id = $1 AND employee_id = $2"
-      "   AND ($3::text IS NULL OR status = $3)"
-      "   AND ($4::text IS NULL OR channel = $4)"
-      "   AND ($5::text IS NULL OR contact_id = $5)"
-      "   AND ($6::timestamptz IS NULL OR created >= $6)"
-      "   AND ($7::text IS NULL OR (created, id) < ("
-      "        SELECT created_at, id FROM deliveries"
-      "         WHERE account_id = $1 AND id = $7))"
-      " ORDER BY created DESC, id DESC LIMIT $8", 8 },
+      "SELECT e.id AS owner, f.id, f.trigger_id, f.event, f.channel,"
+      "       f.contact_id, f.contact_name, f.address, f.invoice_id,"
+      "       f.status, f.reason, f.attempts, f.due_at, f.sent_at,"
+      "       f.delivered_at, f.created_at, f.subject "
+      "  FROM accounts a"
+      "  LEFT JOIN employees e"
+      "    ON e.account_id = a.id AND e.id = $2 AND e.deleted_at IS NULL"
+      "  LEFT JOIN LATERAL ("
+      "    SELECT id, trigger_id, event, channel, contact_id, contact_name,"
+      "           address, invoice_id, status, reason, attempts, due_at,"
+      "           sent_at, delivered_at, created_at, subject, created"
+      "      FROM echelon_feed"
+      "     WHERE account_id = e.account_id AND employee_id = e.id"
+      "       AND ($3::text IS NULL OR status = $3)"
+      "       AND ($4::text IS NULL OR channel = $4)"
+      "       AND ($5::text IS NULL OR contact_id = $5)"
+      "       AND ($6::timestamptz IS NULL OR created >= $6)"
+      "       AND ($7::text IS NULL OR (created, id) < ("
+      "            SELECT created_at, id FROM deliveries"
+      "             WHERE account_id = e.account_id AND id = $7))"
+      "     ORDER BY created DESC, id DESC LIMIT $8) f ON true "
+      " WHERE a.api_key_hash = $1"
+      " ORDER BY f.created DESC, f.id DESC", 8 },
 
-    /* NGX_ECHELON_SQL_DELIVERY_GET: $1 account, $2 delivery */
+    /*
+     * NGX_ECHELON_SQL_DELIVERY_GET: $1 api key hash, $2 delivery; no row:
+     * no account has the key; "id" null: no such delivery in the account
+     */
     { "echelon_delivery_get",
       "SELECT f.id, f.trigger_id, f.event, f.channel, f.contact_id,"
       "       f.contact_name, f.address, f.invoice_id, f.status, f.reason,"
@@ -977,7 +992,9 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
       "                ORDER BY a.attempt)"
       "          FROM delivery_attempts a WHERE a.delivery_id = f.id)"
       "         AS attempt_history "
-      "  FROM echelon_feed f WHERE f.account_id = $1 AND f.id = $2", 2 },
+      "  FROM accounts k"
+      "  LEFT JOIN echelon_feed f ON f.account_id = k.id AND f.id = $2 "
+      " WHERE k.api_key_hash = $1", 2 },
 
     /* NGX_ECHELON_SQL_ACCOUNT_PLAN: $1 account, $2 plan */
     { "echelon_account_plan",
@@ -1072,22 +1089,32 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
       "  FROM echelon_contact_patch($1, $2, $3::jsonb) r", 3 },
 
     /*
-     * NGX_ECHELON_SQL_CONTACT_ACTIVITY: $1 account, $2 contact, $3 status,
-     * $4 channel, $5 since, $6 cursor, $7 limit
+     * NGX_ECHELON_SQL_CONTACT_ACTIVITY: $1 api key hash, $2 contact,
+     * $3 status, $4 channel, $5 since, $6 cursor, $7 limit; no row, "owner"
+     * null, "id" null: as for NGX_ECHELON_SQL_ACTIVITY
      */
     { "echelon_contact_activity",
-      "SELECT id, trigger_id, event, channel, contact_id, contact_name,"
-      "       address, invoice_id, status, reason, attempts, due_at,"
-      "       sent_at, delivered_at, created_at, subject "
-      "  FROM echelon_feed "
-      " WHERE account_id = $1 AND contact_id = $2"
-      "   AND ($3::text IS NULL OR status = $3)"
-      "   AND ($4::text IS NULL OR channel = $4)"
-      "   AND ($5::timestamptz IS NULL OR created >= $5)"
-      "   AND ($6::text IS NULL OR (created, id) < ("
-      "        SELECT created_at, id FROM deliveries"
-      "         WHERE account_id = $1 AND id = $6))"
-      " ORDER BY created DESC, id DESC LIMIT $7", 7 },
+      "SELECT c.id AS owner, f.id, f.trigger_id, f.event, f.channel,"
+      "       f.contact_id, f.contact_name, f.address, f.invoice_id,"
+      "       f.status, f.reason, f.attempts, f.due_at, f.sent_at,"
+      "       f.delivered_at, f.created_at, f.subject "
+      "  FROM accounts a"
+      "  LEFT JOIN contacts c ON c.account_id = a.id AND c.id = $2"
+      "  LEFT JOIN LATERAL ("
+      "    SELECT id, trigger_id, event, channel, contact_id, contact_name,"
+      "           address, invoice_id, status, reason, attempts, due_at,"
+      "           sent_at, delivered_at, created_at, subject, created"
+      "      FROM echelon_feed"
+      "     WHERE account_id = c.account_id AND contact_id = c.id"
+      "       AND ($3::text IS NULL OR status = $3)"
+      "       AND ($4::text IS NULL OR channel = $4)"
+      "       AND ($5::timestamptz IS NULL OR created >= $5)"
+      "       AND ($6::text IS NULL OR (created, id) < ("
+      "            SELECT created_at, id FROM deliveries"
+      "             WHERE account_id = c.account_id AND id = $6))"
+      "     ORDER BY created DESC, id DESC LIMIT $7) f ON true "
+      " WHERE a.api_key_hash = $1"
+      " ORDER BY f.created DESC, f.id DESC", 7 },
 
     /*
      * NGX_ECHELON_SQL_INVOICE_CREATE: $1 account, $2 contact, $3 number,

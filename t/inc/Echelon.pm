@@ -51,12 +51,16 @@ sub psql {
 }
 
 # A fresh, empty database named after the test file; the module creates
-# the schema itself on its first connection.
+# the schema itself on its first connection.  An encoding other than the
+# cluster's (SQL_ASCII keeps any byte) is made from template0.
 sub fresh_database {
+    my ($encoding) = @_;
     my $name = 'echelon_' . basename($0, '.t');
     $name =~ s/[^a-z0-9_]/_/gi;
     psql('postgres', "DROP DATABASE IF EXISTS $name WITH (FORCE)");
-    psql('postgres', "CREATE DATABASE $name");
+    psql('postgres', "CREATE DATABASE $name"
+                     . ($encoding ? " ENCODING '$encoding' TEMPLATE template0"
+                                  : ""));
     $ENV{TEST_NGINX_DB_NAME} = $name;
     $ENV{TEST_NGINX_DB} = sprintf('host=%s port=%s dbname=%s user=%s',
         $ENV{TEST_NGINX_PG_HOST}, $ENV{TEST_NGINX_PG_PORT}, $name,
@@ -239,12 +243,13 @@ sub api {
 # An account on the given plan with email connected, a Stripe secret, a
 # billing employee and the given triggers.  Exported to the blocks as
 # $TEST_NGINX_ACCOUNT, $TEST_NGINX_API_KEY, $TEST_NGINX_EMPLOYEE and
-# $TEST_NGINX_TRIGGER_<n>.
+# $TEST_NGINX_TRIGGER_<n>.  encoding => 'SQL_ASCII' gives a database that
+# stores any byte, for text that is not UTF-8.
 sub setup_account {
     my (%o) = @_;
     my $triggers = $o{triggers} || [];
 
-    fresh_database();
+    fresh_database($o{encoding});
 
     with_server(sub {
         my ($base) = @_;
