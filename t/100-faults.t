@@ -53,11 +53,16 @@ sub master_pid {
     return $pid;
 }
 
+# the master's children; a process that ends while we look is no worker
 sub workers {
     my $master = master_pid();
-    return grep { my $p = $_; open(my $s, '<', "/proc/$p/stat") or next;
-                  (split / /, <$s>)[3] == $master }
-           map { m{/proc/(\d+)$} ? $1 : () } glob('/proc/[0-9]*');
+    my @pids;
+    for my $stat (glob('/proc/[0-9]*/stat')) {
+        open(my $s, '<', $stat) or next;
+        my @f = split / /, (<$s> // '');
+        push @pids, $f[0] if @f > 3 && $f[3] == $master;
+    }
+    return @pids;
 }
 
 END {
