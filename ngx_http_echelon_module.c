@@ -266,6 +266,13 @@ static ngx_command_t  ngx_http_echelon_commands[] = {
       0,
       NULL },
 
+    { ngx_string("echelon_errors"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_echelon_location,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("echelon_max_body_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -543,6 +550,10 @@ ngx_http_echelon_location(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (cmd->name.len == sizeof("echelon_api") - 1) {
         elcf->kind = NGX_ECHELON_LOC_API;
         clcf->handler = ngx_echelon_api_handler;
+
+    } else if (cmd->name.len == sizeof("echelon_errors") - 1) {
+        elcf->kind = NGX_ECHELON_LOC_ERRORS;
+        clcf->handler = ngx_echelon_errors_handler;
 
     } else {
         elcf->kind = NGX_ECHELON_LOC_WEBHOOKS;

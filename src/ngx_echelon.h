@@ -23,6 +23,7 @@
 
 #define NGX_ECHELON_LOC_API         1
 #define NGX_ECHELON_LOC_WEBHOOKS    2
+#define NGX_ECHELON_LOC_ERRORS      3
 
 #define NGX_ECHELON_WHATSAPP_TWILIO 1
 #define NGX_ECHELON_WHATSAPP_META   2
@@ -355,6 +356,7 @@ ngx_int_t ngx_echelon_out_send(ngx_echelon_json_out_t *out,
 ngx_int_t ngx_echelon_api_handler(ngx_http_request_t *r);
 ngx_int_t ngx_echelon_idempotency_end(ngx_echelon_ctx_t *ctx);
 ngx_int_t ngx_echelon_webhooks_handler(ngx_http_request_t *r);
+ngx_int_t ngx_echelon_errors_handler(ngx_http_request_t *r);
 ngx_int_t ngx_echelon_status_handler(ngx_echelon_ctx_t *ctx,
     ngx_uint_t meta);
 ngx_int_t ngx_echelon_stripe_verify(ngx_str_t *header, ngx_str_t *body,

@@ -919,3 +919,73 @@ ngx_echelon_hmac(const char *digest, ngx_str_t *key, ngx_str_t *parts,
 
     return rc;
 }
+
+
+/*
+ * nginx's own errors in the API's shape: what it refuses before a location
+ * is chosen (a request line or header it cannot read, a URI too long) or
+ * for one (a body over client_max_body_size).  Configured as
+ *
+ *     error_page 400 405 408 413 414 500 502 503 504 @echelon_errors;
+ *     location @echelon_errors { echelon_errors; }
+ *
+ * The status stays the one nginx chose (r->err_status).
+ */
+
+typedef struct {
+    ngx_uint_t                  status;
+    const char                 *code;
+    const char                 *message;
+} ngx_echelon_error_page_t;
+
+
+static ngx_echelon_error_page_t  ngx_echelon_error_pages[] = {
+    { NGX_HTTP_BAD_REQUEST, "bad_request",
+      "the request could not be read: its request line or a header is "
+      "malformed or too large" },
+    { NGX_HTTP_NOT_FOUND, "not_found", "there is nothing here" },
+    { NGX_HTTP_NOT_ALLOWED, "method_not_allowed",
+      "this method is not allowed here" },
+    { NGX_HTTP_REQUEST_TIME_OUT, "request_timeout",
+      "the request did not arrive in time" },
+    { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "body_too_large",
+      "the request body is too large" },
+    { NGX_HTTP_REQUEST_URI_TOO_LARGE, "uri_too_long",
+      "the request URI is too long" },
+    { NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+      "the service is unavailable; try again shortly" },
+    { 0, NULL, NULL }
+};
+
+
+ngx_int_t
+ngx_echelon_errors_handler(ngx_http_request_t *r)
+{
+    ngx_uint_t                 status;
+    ngx_echelon_error_page_t  *page;
+
+    status = r->err_status ? r->err_status : r->headers_out.status;
+
+    if (status < NGX_HTTP_BAD_REQUEST || status > 599) {
+        status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
+
+    for (page = ngx_echelon_error_pages; page->status; page++) {
+        if (page->status == status) {
+            return ngx_echelon_send_error(r, status, page->code,
+                                          page->message, NULL);
+        }
+    }
+
+    if (status < NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        return ngx_echelon_send_error(r, status, "request_error",
+                                      "the request was refused", NULL);
+    }
+
+    return ngx_echelon_send_error(r, status, "internal_error",
+                                  "the server met an error", NULL);
+}

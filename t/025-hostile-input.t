@@ -193,3 +193,75 @@ Echelon::stripe_request($main::long_id)
 Echelon::stripe_headers($main::long_id)
 --- error_code: 400
 --- response_body_like: "code":"invalid_event"
+
+
+
+=== TEST 13: a URI too long for nginx is a JSON 414 through echelon_errors
+--- config
+    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    location = /.echelon/error { internal; echelon_errors; }
+    location /v1/ { echelon_api; }
+--- request eval
+"GET /v1/contacts?x=" . ("a" x 9000)
+--- error_code: 414
+--- response_headers
+Content-Type: application/json
+--- response_body
+{"error":{"code":"uri_too_long","message":"the request URI is too long"}}
+
+
+
+=== TEST 14: a header line nginx cannot read is a JSON 400, not HTML
+--- config
+    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    location = /.echelon/error { internal; echelon_errors; }
+    location /v1/ { echelon_api; }
+--- request
+GET /v1/account
+--- more_headers eval
+"Bad\x01Header: x"
+--- error_code: 400
+--- response_headers
+Content-Type: application/json
+--- response_body
+{"error":{"code":"bad_request","message":"the request could not be read: its request line or a header is malformed or too large"}}
+
+
+
+=== TEST 15: TRACE, refused by nginx itself, is a JSON 405
+--- config
+    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    location = /.echelon/error { internal; echelon_errors; }
+    location /v1/ { echelon_api; }
+--- request
+TRACE /v1/account
+--- error_code: 405
+--- response_body
+{"error":{"code":"method_not_allowed","message":"this method is not allowed here"}}
+
+
+
+=== TEST 16: nginx's own 413 (client_max_body_size, outside our locations) is JSON too
+--- config
+    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    location = /.echelon/error { internal; echelon_errors; }
+    location /v1/ { echelon_api; }
+    location /upload/ { client_max_body_size 1k; return 204; }
+--- request eval
+"POST /upload/x\n" . ("b" x 4000)
+--- error_code: 413
+--- response_body
+{"error":{"code":"body_too_large","message":"the request body is too large"}}
+
+
+
+=== TEST 17: a path outside the API is a JSON 404, and so is the error page itself
+--- config
+    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    location = /.echelon/error { internal; echelon_errors; }
+    location /v1/ { echelon_api; }
+--- request
+GET /.echelon/error
+--- error_code: 404
+--- response_body
+{"error":{"code":"not_found","message":"there is nothing here"}}
