@@ -204,6 +204,15 @@ start_nginx() {
     eval "${name^^}_PID=$pid"
 }
 
+# Echelon's scheduler on or off, by a reload of its nginx with the
+# directive changed; the old workers finish what they hold first.
+echelon_scheduler_switch() {
+    local conf=$SCRATCH/echelon/nginx.conf
+    sed -i "s/^\( *echelon_scheduler \+\)\(on\|off\);/\1$1;/" "$conf"
+    "$NGINX_BIN" -q -p "$SCRATCH/echelon/" -c "$conf" -s reload
+    sleep 2
+}
+
 # Stops a process started here (and its children, nginx's workers, if it
 # has to be killed).
 stop_pid() {

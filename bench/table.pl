@@ -96,6 +96,9 @@ ratio_row('3a. Sending, scheduler → SMTP sink',
           'smtp', 'anchor', undef, "the sink's own limit");
 ratio_row('3b. Sending, scheduler → HTTP sink',
           'http', 'anchor', 0.7, 'wrk at the sink');
+ratio_row('3c. Sending by HTTP, against the database alone (context)',
+          'httpdb', 'anchor', undef,
+          "pgbench: the scheduler's claim and result statements, no transport");
 
 my $tick = 1000;    # echelon_scheduler_interval in bench/echelon.conf.in
 my $burst = $ENV{BENCH_BURST} || 10000;
