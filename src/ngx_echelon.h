@@ -294,6 +294,9 @@ struct ngx_echelon_ctx_s {
 
     void                       *data;
     void                       *route;
+
+    /* the JSON of one row, for an answer of one resource */
+    json_t                   *(*item)(PGresult *res, int row);
 };
 
 

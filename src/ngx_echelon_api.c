@@ -87,8 +87,6 @@ static ngx_int_t ngx_echelon_employee_create(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_employee_created(ngx_echelon_ctx_t *ctx,
     PGresult *res);
 static ngx_int_t ngx_echelon_employee_get(ngx_echelon_ctx_t *ctx);
-static ngx_int_t ngx_echelon_employee_found(ngx_echelon_ctx_t *ctx,
-    PGresult *res);
 static ngx_int_t ngx_echelon_employee_list(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_employee_listed(ngx_echelon_ctx_t *ctx,
     PGresult *res);
@@ -104,8 +102,6 @@ static ngx_int_t ngx_echelon_contact_create(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_contact_created(ngx_echelon_ctx_t *ctx,
     PGresult *res);
 static ngx_int_t ngx_echelon_contact_get(ngx_echelon_ctx_t *ctx);
-static ngx_int_t ngx_echelon_contact_found(ngx_echelon_ctx_t *ctx,
-    PGresult *res);
 static json_t *ngx_echelon_contact_json(PGresult *res, int row);
 static ngx_int_t ngx_echelon_activity(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_contact_activity(ngx_echelon_ctx_t *ctx);
@@ -141,8 +137,6 @@ static ngx_int_t ngx_echelon_employee_patched(ngx_echelon_ctx_t *ctx,
 static ngx_int_t ngx_echelon_employee_delete(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_deleted(ngx_echelon_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_echelon_trigger_get(ngx_echelon_ctx_t *ctx);
-static ngx_int_t ngx_echelon_trigger_found(ngx_echelon_ctx_t *ctx,
-    PGresult *res);
 static ngx_int_t ngx_echelon_trigger_patch(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_trigger_delete(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_contact_patch(ngx_echelon_ctx_t *ctx);
@@ -152,8 +146,6 @@ static ngx_int_t ngx_echelon_invoice_create(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_invoice_created(ngx_echelon_ctx_t *ctx,
     PGresult *res);
 static ngx_int_t ngx_echelon_invoice_get(ngx_echelon_ctx_t *ctx);
-static ngx_int_t ngx_echelon_invoice_found(ngx_echelon_ctx_t *ctx,
-    PGresult *res);
 static ngx_int_t ngx_echelon_invoice_void(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_invoice_voided(ngx_echelon_ctx_t *ctx,
     PGresult *res);
@@ -180,6 +172,10 @@ static ngx_int_t ngx_echelon_field_enum(ngx_echelon_ctx_t *ctx,
 static ngx_int_t ngx_echelon_reject(ngx_echelon_ctx_t *ctx,
     ngx_uint_t status, const char *code, const char *field,
     const char *fmt, ...);
+static ngx_int_t ngx_echelon_get_one(ngx_echelon_ctx_t *ctx,
+    ngx_echelon_sql_e sql, json_t *(*item)(PGresult *res, int row));
+static ngx_int_t ngx_echelon_one_found(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
 static ngx_int_t ngx_echelon_not_found(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_plan_allows(ngx_str_t *plan, ngx_str_t *channel);
 static ngx_int_t ngx_echelon_phone_valid(ngx_str_t *phone);
@@ -1233,30 +1229,8 @@ ngx_echelon_employee_created(ngx_echelon_ctx_t *ctx, PGresult *res)
 static ngx_int_t
 ngx_echelon_employee_get(ngx_echelon_ctx_t *ctx)
 {
-    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->query.sql = NGX_ECHELON_SQL_EMPLOYEE_GET;
-    ngx_echelon_run(ctx, ngx_echelon_employee_found);
-
-    return NGX_DONE;
-}
-
-
-static ngx_int_t
-ngx_echelon_employee_found(ngx_echelon_ctx_t *ctx, PGresult *res)
-{
-    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
-        return ngx_echelon_db_error(ctx);
-    }
-
-    if (PQntuples(res) != 1) {
-        return ngx_echelon_not_found(ctx);
-    }
-
-    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
-                                 ngx_echelon_employee_json(res, 0));
+    return ngx_echelon_get_one(ctx, NGX_ECHELON_SQL_EMPLOYEE_GET,
+                               ngx_echelon_employee_json);
 }
 
 
@@ -1680,30 +1654,8 @@ ngx_echelon_contact_created(ngx_echelon_ctx_t *ctx, PGresult *res)
 static ngx_int_t
 ngx_echelon_contact_get(ngx_echelon_ctx_t *ctx)
 {
-    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->query.sql = NGX_ECHELON_SQL_CONTACT_GET;
-    ngx_echelon_run(ctx, ngx_echelon_contact_found);
-
-    return NGX_DONE;
-}
-
-
-static ngx_int_t
-ngx_echelon_contact_found(ngx_echelon_ctx_t *ctx, PGresult *res)
-{
-    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
-        return ngx_echelon_db_error(ctx);
-    }
-
-    if (PQntuples(res) != 1) {
-        return ngx_echelon_not_found(ctx);
-    }
-
-    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
-                                 ngx_echelon_contact_json(res, 0));
+    return ngx_echelon_get_one(ctx, NGX_ECHELON_SQL_CONTACT_GET,
+                               ngx_echelon_contact_json);
 }
 
 
@@ -2296,30 +2248,8 @@ ngx_echelon_deleted(ngx_echelon_ctx_t *ctx, PGresult *res)
 static ngx_int_t
 ngx_echelon_trigger_get(ngx_echelon_ctx_t *ctx)
 {
-    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->query.sql = NGX_ECHELON_SQL_TRIGGER_GET;
-    ngx_echelon_run(ctx, ngx_echelon_trigger_found);
-
-    return NGX_DONE;
-}
-
-
-static ngx_int_t
-ngx_echelon_trigger_found(ngx_echelon_ctx_t *ctx, PGresult *res)
-{
-    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
-        return ngx_echelon_db_error(ctx);
-    }
-
-    if (PQntuples(res) != 1) {
-        return ngx_echelon_not_found(ctx);
-    }
-
-    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
-                                 ngx_echelon_trigger_json(res, 0));
+    return ngx_echelon_get_one(ctx, NGX_ECHELON_SQL_TRIGGER_GET,
+                               ngx_echelon_trigger_json);
 }
 
 
@@ -2402,7 +2332,8 @@ ngx_echelon_trigger_patch(ngx_echelon_ctx_t *ctx)
                               times ? ngx_echelon_str(ctx, times) : NULL);
 
     ctx->query.sql = NGX_ECHELON_SQL_TRIGGER_PATCH;
-    ngx_echelon_run(ctx, ngx_echelon_trigger_found);
+    ctx->item = ngx_echelon_trigger_json;
+    ngx_echelon_run(ctx, ngx_echelon_one_found);
 
     return NGX_DONE;
 }
@@ -2681,30 +2612,8 @@ ngx_echelon_invoice_created(ngx_echelon_ctx_t *ctx, PGresult *res)
 static ngx_int_t
 ngx_echelon_invoice_get(ngx_echelon_ctx_t *ctx)
 {
-    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ctx->query.sql = NGX_ECHELON_SQL_INVOICE_GET;
-    ngx_echelon_run(ctx, ngx_echelon_invoice_found);
-
-    return NGX_DONE;
-}
-
-
-static ngx_int_t
-ngx_echelon_invoice_found(ngx_echelon_ctx_t *ctx, PGresult *res)
-{
-    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
-        return ngx_echelon_db_error(ctx);
-    }
-
-    if (PQntuples(res) != 1) {
-        return ngx_echelon_not_found(ctx);
-    }
-
-    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
-                                 ngx_echelon_invoice_json(res, 0));
+    return ngx_echelon_get_one(ctx, NGX_ECHELON_SQL_INVOICE_GET,
+                               ngx_echelon_invoice_json);
 }
 
 
@@ -3177,6 +3086,40 @@ ngx_echelon_reject(ngx_echelon_ctx_t *ctx, ngx_uint_t status,
 
 
 /* "no employee with the id ...": the resource named in the singular */
+
+/* GET /v1/{resources}/{id}: the one row, or the 404 of any unknown id */
+
+static ngx_int_t
+ngx_echelon_get_one(ngx_echelon_ctx_t *ctx, ngx_echelon_sql_e sql,
+    json_t *(*item)(PGresult *res, int row))
+{
+    if (ngx_echelon_param(ctx, &ctx->path[2]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query.sql = sql;
+    ctx->item = item;
+    ngx_echelon_run(ctx, ngx_echelon_one_found);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_echelon_one_found(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    if (res == NULL || ctx->query.status != NGX_ECHELON_PG_OK) {
+        return ngx_echelon_db_error(ctx);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_echelon_not_found(ctx);
+    }
+
+    return ngx_echelon_send_json(ctx->request, NGX_HTTP_OK,
+                                 ctx->item(res, 0));
+}
+
 
 static ngx_int_t
 ngx_echelon_not_found(ngx_echelon_ctx_t *ctx)
