@@ -799,11 +799,47 @@
 "INSERT INTO echelon_schema (version) VALUES (4);"
 
 
+/*
+ * version 5: a reminder trigger added later covers the invoices already
+ * open, for the reminder times still ahead (none is sent for a time past)
+ */
+
+#define NGX_ECHELON_SCHEMA_5                                                 \
+"CREATE FUNCTION echelon_backfill(t triggers) RETURNS integer "              \
+"LANGUAGE plpgsql AS $fn$ "                                                  \
+"DECLARE n integer; "                                                        \
+"BEGIN "                                                                     \
+"  IF t.event NOT IN ('invoice.overdue', 'invoice.unpaid_repeated') THEN "   \
+"    RETURN 0; "                                                             \
+"  END IF; "                                                                 \
+"  INSERT INTO deliveries (account_id, employee_id, trigger_id, event,"      \
+"                          channel, contact_id, invoice_id, occurrence,"     \
+"                          seq, due_at)"                                     \
+"  SELECT t.account_id, t.employee_id, t.id, t.event, t.channel,"            \
+"         i.contact_id, i.id, i.id || '#' || s, s,"                          \
+"         echelon_due(t, i.due_at, s)"                                       \
+"    FROM invoices i"                                                        \
+"    CROSS JOIN LATERAL generate_series("                                    \
+"      CASE t.event WHEN 'invoice.overdue' THEN 0 ELSE 1 END,"               \
+"      CASE t.event WHEN 'invoice.overdue' THEN 0"                           \
+"                   ELSE coalesce(t.max_times, 0) END) s"                    \
+"   WHERE i.account_id = t.account_id AND i.status = 'open'"                 \
+"     AND i.due_at IS NOT NULL"                                              \
+"     AND echelon_due(t, i.due_at, s) > now()"                               \
+"  ON CONFLICT (trigger_id, occurrence) DO NOTHING; "                        \
+"  GET DIAGNOSTICS n = ROW_COUNT; "                                          \
+"  RETURN n; "                                                               \
+"END $fn$;"                                                                  \
+                                                                             \
+"INSERT INTO echelon_schema (version) VALUES (5);"
+
+
 ngx_echelon_migration_t  ngx_echelon_migrations[] = {
     { 1, NGX_ECHELON_SCHEMA_1 NGX_ECHELON_SCHEMA_1_FUNCTIONS },
     { 2, NGX_ECHELON_SCHEMA_2 },
     { 3, NGX_ECHELON_SCHEMA_3 },
     { 4, NGX_ECHELON_SCHEMA_4 },
+    { 5, NGX_ECHELON_SCHEMA_5 },
     { 0, NULL }
 };
 
@@ -899,7 +935,8 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
     /*
      * NGX_ECHELON_SQL_TRIGGER_CREATE: $1 account, $2 employee, $3 event,
      * $4 channel, $5 subject, $6 body, $7 delay seconds, $8 unless paid,
-     * $9 every days, $10 max times
+     * $9 every days, $10 max times; a reminder trigger is
+     * also scheduled for the invoices already open (echelon_backfill)
      */
     { "echelon_trigger_create",
       "WITH e AS ("
@@ -911,8 +948,10 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
       "                        every_days, max_times)"
       "  SELECT $1, e.id, $3, $4, $5, $6, $7, $8, $9, $10 FROM e"
       "   WHERE $4 = ANY (e.channels)"
-      "  RETURNING *) "
+      "  RETURNING *), "
+      "bf AS (SELECT echelon_backfill(ROW(ins.*)::triggers) AS n FROM ins) "
       "SELECT (SELECT count(*) FROM e) AS employees, ins.id, ins.employee_id,"
+      "       (SELECT n FROM bf) AS backfilled,"
       "       ins.event, ins.channel, ins.subject, ins.body,"
       "       ins.delay_seconds, ins.unless_paid, ins.every_days,"
       "       ins.max_times, echelon_time(ins.created_at) AS created_at "

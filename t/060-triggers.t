@@ -91,6 +91,22 @@ is(Echelon::sql("SELECT count(*) FROM deliveries d JOIN contacts c "
                 . "AND d.event = 'invoice.overdue'"),
    1, 'one overdue reminder for one invoice');
 
+# the reminder trigger added last (TEST 27) and the invoices before it
+
+my $late = Echelon::sql("SELECT id FROM triggers WHERE event = "
+                        . "'invoice.overdue' AND delay_seconds = 7200");
+my %got = map { split /\|/ } split /\n/, Echelon::sql(
+    "SELECT i.number, (d.due_at = i.due_at + interval '2 hours')::text "
+    . "FROM deliveries d JOIN invoices i ON i.id = d.invoice_id "
+    . "WHERE d.trigger_id = '$late'");
+is($got{'F-1'}, 'true', 'a reminder trigger added later is scheduled for an '
+                        . 'open invoice, at its due date plus the delay');
+ok(!exists $got{'P-1'}, '... but not for a reminder time already past');
+is(Echelon::sql("SELECT count(*) FROM deliveries d JOIN invoices i "
+                . "ON i.id = d.invoice_id WHERE d.trigger_id = '$late' "
+                . "AND i.status <> 'open'"),
+   0, '... nor for invoices paid or void');
+
 __DATA__
 
 === TEST 1: an invoice due tomorrow is open
@@ -347,3 +363,33 @@ $main::auth
 $main::auth
 --- error_code: 404
 --- response_body_like: "code":"not_found"
+
+
+
+=== TEST 25: an invoice due in two days, issued before the trigger below
+--- request eval
+main::invoice('DEE', 'F-1', time() + 2 * 86400)
+--- more_headers eval
+$main::json
+--- error_code: 201
+
+
+
+=== TEST 26: an invoice due two days ago, also before it
+--- request eval
+main::invoice('DEE', 'P-1', time() - 2 * 86400)
+--- more_headers eval
+$main::json
+--- error_code: 201
+
+
+
+=== TEST 27: a reminder trigger added now covers the invoices already open
+--- request eval
+"POST /v1/employees/$main::emp/triggers\n" . $Echelon::JSON->encode({
+    event => 'invoice.overdue', channel => 'email', delay => '2h',
+    template => { subject => 'Late {{invoice.number}}' } })
+--- more_headers eval
+$main::json
+--- error_code: 201
+--- response_body_like: "event":"invoice.overdue"
