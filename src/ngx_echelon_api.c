@@ -189,7 +189,7 @@ static json_t *ngx_echelon_list_json(ngx_echelon_ctx_t *ctx, PGresult *res,
     json_t *(*item)(PGresult *res, int row));
 static const char *ngx_echelon_str(ngx_echelon_ctx_t *ctx, ngx_int_t n);
 static ngx_int_t ngx_echelon_param(ngx_echelon_ctx_t *ctx, ngx_str_t *v);
-static const char *ngx_echelon_method_name(ngx_uint_t method);
+static const char *ngx_echelon_allowed(ngx_uint_t method);
 static ngx_int_t ngx_echelon_is_code(ngx_str_t *code);
 static ngx_int_t ngx_echelon_json_has(json_t *array, size_t n, json_t *v);
 static ngx_int_t ngx_echelon_copy(ngx_echelon_ctx_t *ctx, ngx_str_t *v);
@@ -416,8 +416,12 @@ ngx_echelon_api_route(ngx_echelon_ctx_t *ctx, ngx_int_t *rc)
 
         found = 1;
 
-        if (rt->method == ctx->request->method) {
+        /* HEAD is GET without the body (nginx's header filter drops it) */
 
+        if (rt->method == ctx->request->method
+            || (rt->method == NGX_HTTP_GET
+                && ctx->request->method == NGX_HTTP_HEAD))
+        {
             /* an id that cannot be ours is as unknown as any other */
 
             if (ctx->nparts > 2 && !ngx_echelon_id_valid(&ctx->path[2])) {
@@ -430,9 +434,9 @@ ngx_echelon_api_route(ngx_echelon_ctx_t *ctx, ngx_int_t *rc)
             return rt;
         }
 
-        if (allow && p + 10 < allow + 64) {
+        if (allow && p + 12 < allow + 64) {
             p = ngx_sprintf(p, "%s%s", p == allow ? "" : ", ",
-                            ngx_echelon_method_name(rt->method));
+                            ngx_echelon_allowed(rt->method));
         }
     }
 
@@ -3396,12 +3400,14 @@ ngx_echelon_str(ngx_echelon_ctx_t *ctx, ngx_int_t n)
 }
 
 
+/* a route's method as the Allow header names it; GET answers HEAD too */
+
 static const char *
-ngx_echelon_method_name(ngx_uint_t method)
+ngx_echelon_allowed(ngx_uint_t method)
 {
     switch (method) {
     case NGX_HTTP_GET:
-        return "GET";
+        return "GET, HEAD";
     case NGX_HTTP_POST:
         return "POST";
     case NGX_HTTP_PUT:

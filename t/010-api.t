@@ -378,6 +378,30 @@ $main::auth
 
 
 
+=== TEST 29b: the Allow header names HEAD beside GET
+--- request
+DELETE /v1/account
+--- more_headers eval
+$main::auth
+--- error_code: 405
+--- response_headers
+Allow: GET, HEAD, PATCH
+--- response_body_like: "code":"method_not_allowed"
+
+
+
+=== TEST 29c: HEAD is GET without the body
+--- request
+HEAD /v1/account
+--- more_headers eval
+$main::auth
+--- error_code: 200
+--- response_headers
+Content-Type: application/json
+--- response_body
+
+
+
 === TEST 30: the channels say what the plan allows
 --- request
 GET /v1/channels
