@@ -54,7 +54,7 @@ static ngx_conf_num_bounds_t  ngx_http_echelon_worker_bounds = {
 };
 
 static ngx_conf_num_bounds_t  ngx_http_echelon_keepalive_bounds = {
-    ngx_conf_check_num_bounds, 0, 1024
+    ngx_conf_check_num_bounds, 0, 64
 };
 
 static ngx_conf_num_bounds_t  ngx_http_echelon_requests_bounds = {
@@ -390,7 +390,7 @@ ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(emcf->max_attempts, 5);
     ngx_conf_init_msec_value(emcf->retry_backoff, 30000);
     ngx_conf_init_msec_value(emcf->smtp_timeout, 30000);
-    ngx_conf_init_uint_value(emcf->smtp_keepalive, 8);
+    ngx_conf_init_uint_value(emcf->smtp_keepalive, 16);
     ngx_conf_init_msec_value(emcf->smtp_keepalive_timeout, 30000);
     ngx_conf_init_uint_value(emcf->smtp_keepalive_requests, 100);
     ngx_conf_init_msec_value(emcf->provider_timeout, 10000);

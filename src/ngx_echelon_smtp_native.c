@@ -4,9 +4,11 @@
  *
  * SMTP on nginx's own event machinery: replies read as they come, commands
  * written as the socket takes them, TLS through nginx's OpenSSL layer.  A
- * message's result is reported as soon as the server answers its end; the
- * connection then waits, idle, for the next message (echelon_smtp_keepalive)
- * or says QUIT and closes; nothing ever waits for the reply to QUIT.
+ * message's result is reported as soon as the server answers its end.
+ * With echelon_smtp_keepalive N, at most N connections are open and the
+ * messages take turns on them, each connection waiting idle between two;
+ * with 0, every message has a connection of its own, which says QUIT after
+ * it.  Nothing ever waits for the reply to QUIT.
  */
 
 
@@ -24,7 +26,7 @@
 
 
 #define NGX_ECHELON_SMTP_TIMEOUT          30000
-#define NGX_ECHELON_SMTP_CONNECTIONS      64
+#define NGX_ECHELON_SMTP_CONNECTIONS      64    /* without keepalive */
 #define NGX_ECHELON_SMTP_POOL_SIZE        2048
 #define NGX_ECHELON_SMTP_BUFFER           4096
 #define NGX_ECHELON_SMTP_COMMAND_LEN      512
@@ -95,8 +97,9 @@ struct ngx_echelon_smtp_s {
     ngx_uint_t                     nwaiting;
     ngx_uint_t                     nrefused;
     ngx_uint_t                     nidle;
+    ngx_uint_t                     nopen;       /* connections, busy or idle */
 
-    ngx_uint_t                     keepalive;   /* idle connections kept */
+    ngx_uint_t                     keepalive;   /* connections kept open */
     ngx_msec_t                     keepalive_timeout;
     ngx_uint_t                     keepalive_requests;  /* messages each */
 
@@ -193,6 +196,7 @@ static void ngx_echelon_smtp_refuse(ngx_echelon_smtp_t *smtp,
     ngx_echelon_smtp_transfer_t *t, ngx_echelon_send_e status,
     const char *reason);
 static void ngx_echelon_smtp_kick(ngx_echelon_smtp_t *smtp);
+static ngx_uint_t ngx_echelon_smtp_free_slot(ngx_echelon_smtp_t *smtp);
 static void ngx_echelon_smtp_kick_handler(ngx_event_t *ev);
 
 static void ngx_echelon_smtp_start(ngx_echelon_smtp_transfer_t *t);
@@ -588,10 +592,6 @@ ngx_echelon_smtp_destroy(ngx_echelon_smtp_t *smtp)
     ngx_echelon_smtp_session_t   *s;
     ngx_echelon_smtp_transfer_t  *t;
 
-    if (smtp->kick.posted) {
-        ngx_delete_posted_event(&smtp->kick);
-    }
-
     /* idle connections say QUIT as they go, if the socket takes it at once */
 
     while (!ngx_queue_empty(&smtp->idle)) {
@@ -621,6 +621,10 @@ ngx_echelon_smtp_destroy(ngx_echelon_smtp_t *smtp)
         q = ngx_queue_head(&smtp->refused);
         t = ngx_queue_data(q, ngx_echelon_smtp_transfer_t, queue);
         ngx_echelon_smtp_free(t);
+    }
+
+    if (smtp->kick.posted) {
+        ngx_delete_posted_event(&smtp->kick);
     }
 
     ngx_ssl_cleanup_ctx(&smtp->ssl);
@@ -708,7 +712,13 @@ ngx_echelon_smtp_send(ngx_echelon_smtp_t *smtp, ngx_echelon_mail_t *mail,
         goto failed;
     }
 
-    /* started from the event loop, never from inside send */
+    /*
+     * started from the event loop, never from inside send; the deadline
+     * counts from now, a wait for a free connection included, so that a
+     * delivery's lease never runs out while its message may still go
+     */
+
+    t->deadline = ngx_current_msec + smtp->timeout;
 
     ngx_queue_insert_tail(&smtp->waiting, &t->queue);
     smtp->nwaiting++;
@@ -835,10 +845,7 @@ ngx_echelon_smtp_kick_handler(ngx_event_t *ev)
                                 ngx_strlen(t->reason));
     }
 
-    for (n = smtp->nwaiting;
-         n && smtp->nactive < NGX_ECHELON_SMTP_CONNECTIONS;
-         n--)
-    {
+    for (n = smtp->nwaiting; n && ngx_echelon_smtp_free_slot(smtp); n--) {
         q = ngx_queue_head(&smtp->waiting);
         t = ngx_queue_data(q, ngx_echelon_smtp_transfer_t, queue);
 
@@ -853,13 +860,36 @@ ngx_echelon_smtp_kick_handler(ngx_event_t *ev)
 }
 
 
+/*
+ * With keepalive, at most that many connections are open, and messages
+ * take turns on them; without, each message has its own connection.
+ */
+
+static ngx_uint_t
+ngx_echelon_smtp_free_slot(ngx_echelon_smtp_t *smtp)
+{
+    if (smtp->nactive >= NGX_ECHELON_SMTP_CONNECTIONS) {
+        return 0;
+    }
+
+    return smtp->keepalive == 0
+           || smtp->nidle
+           || smtp->nopen < smtp->keepalive;
+}
+
+
 static void
 ngx_echelon_smtp_start(ngx_echelon_smtp_transfer_t *t)
 {
     ngx_echelon_smtp_session_t  *s;
 
     t->started = 1;
-    t->deadline = ngx_current_msec + t->smtp->timeout;
+
+    if ((ngx_msec_int_t) (t->deadline - ngx_current_msec) <= 0) {
+        ngx_echelon_smtp_error(t, "timed out waiting for a free connection "
+                               "to the server");
+        return;
+    }
 
     s = ngx_echelon_smtp_idle_get(t->smtp);
 
@@ -981,6 +1011,8 @@ ngx_echelon_smtp_connect(ngx_echelon_smtp_transfer_t *t)
     s->pool = pool;
     s->transfer = t;
     s->messages = 1;
+
+    smtp->nopen++;
 
     s->log = *smtp->log;
     s->log.handler = ngx_echelon_smtp_session_log_error;
@@ -1810,7 +1842,7 @@ ngx_echelon_smtp_finish(ngx_echelon_smtp_transfer_t *t,
     ngx_echelon_smtp_release(t);
     ngx_echelon_smtp_free(t);
 
-    if (smtp->nwaiting && smtp->nactive < NGX_ECHELON_SMTP_CONNECTIONS) {
+    if (smtp->nwaiting && ngx_echelon_smtp_free_slot(smtp)) {
         ngx_echelon_smtp_kick(smtp);
     }
 
@@ -1823,7 +1855,6 @@ ngx_echelon_smtp_finish(ngx_echelon_smtp_transfer_t *t,
 static void
 ngx_echelon_smtp_release(ngx_echelon_smtp_transfer_t *t)
 {
-    ngx_queue_t                 *q;
     ngx_connection_t            *c;
     ngx_echelon_smtp_t          *smtp;
     ngx_echelon_smtp_session_t  *s;
@@ -1850,14 +1881,6 @@ ngx_echelon_smtp_release(ngx_echelon_smtp_transfer_t *t)
 
     t->session = NULL;
     s->transfer = NULL;
-
-    /* make room: the connection idle the longest goes */
-
-    if (smtp->nidle >= smtp->keepalive) {
-        q = ngx_queue_last(&smtp->idle);
-        ngx_echelon_smtp_idle_close(
-            ngx_queue_data(q, ngx_echelon_smtp_session_t, queue), 1);
-    }
 
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
@@ -1933,10 +1956,12 @@ static void
 ngx_echelon_smtp_idle_handler(ngx_event_t *rev)
 {
     ngx_connection_t            *c;
+    ngx_echelon_smtp_t          *smtp;
     ngx_echelon_smtp_session_t  *s;
 
     c = rev->data;
     s = c->data;
+    smtp = s->smtp;
 
     if (!rev->timedout && !c->close && ngx_echelon_smtp_alive(c)) {
 
@@ -1947,12 +1972,16 @@ ngx_echelon_smtp_idle_handler(ngx_event_t *rev)
 
     ngx_log_debug3(NGX_LOG_DEBUG_EVENT, c->log, 0,
                    "echelon smtp: idle connection to %V closed%s%s",
-                   &s->smtp->name, rev->timedout ? ", timed out" : "",
+                   &smtp->name, rev->timedout ? ", timed out" : "",
                    c->close ? ", exiting" : "");
 
     /* a server that spoke or closed is not answered */
 
     ngx_echelon_smtp_idle_close(s, rev->timedout || c->close);
+
+    if (smtp->nwaiting && ngx_echelon_smtp_free_slot(smtp)) {
+        ngx_echelon_smtp_kick(smtp);
+    }
 }
 
 
@@ -2030,6 +2059,8 @@ ngx_echelon_smtp_session_close(ngx_echelon_smtp_session_t *s,
 
         ngx_close_connection(c);
     }
+
+    s->smtp->nopen--;
 
     ngx_destroy_pool(s->pool);
 }

@@ -1,5 +1,7 @@
 # Connections to the SMTP relay are kept between messages: emails sent one
-# after another share a connection; a refused recipient leaves it usable;
+# after another share a connection; emails due together take turns on at
+# most echelon_smtp_keepalive connections; a refused recipient leaves one
+# usable;
 # a relay that closes a kept connection, or answers 421 on it, loses no
 # message; echelon_smtp_keepalive 0 is one connection a message; a
 # graceful exit does not wait for idle connections.
@@ -70,20 +72,38 @@ END {
     if (my $m = master_pid()) { kill 'QUIT', $m; sleep 1; kill 'KILL', $m }
 }
 
-# one email, sent before the next is created: its status, reason, attempts
-sub send_one {
+# an invoice for a new contact, and so an email due now
+sub invoice_for {
     my ($email) = @_;
     my $ctc = Echelon::api($base, 'POST', '/v1/contacts', $key,
                            { name => $email, email => $email });
     Echelon::api($base, 'POST', '/v1/invoices', $key,
                  { contact => $ctc->{id}, number => 'K-' . ++$serial,
                    amount_due => 100, currency => 'usd' });
-    my $sql = "SELECT status || ' ' || attempts || coalesce(' ' || reason, '')"
-            . " FROM deliveries WHERE contact_id = '$ctc->{id}'";
+    return $ctc->{id};
+}
+
+# the delivery's end, once it has one: its status, attempts and reason
+sub outcome {
+    my ($contact) = @_;
     Echelon::wait_for_sql("SELECT count(*) FROM deliveries WHERE contact_id"
-                          . " = '$ctc->{id}' AND status IN ('sent', 'failed')",
+                          . " = '$contact' AND status IN ('sent', 'failed')",
                           1);
-    return Echelon::sql($sql);
+    return Echelon::sql("SELECT status || ' ' || attempts"
+                        . " || coalesce(' ' || reason, '')"
+                        . " FROM deliveries WHERE contact_id = '$contact'");
+}
+
+# one email, sent before the next is created
+sub send_one {
+    my ($email) = @_;
+    return outcome(invoice_for($email));
+}
+
+sub employee_enabled {
+    my ($on) = @_;
+    Echelon::api($base, 'PATCH', "/v1/employees/$ENV{TEST_NGINX_EMPLOYEE}",
+                 $key, { enabled => $on ? JSON::PP::true : JSON::PP::false });
 }
 
 # the connection serial of the message the sink stored for a recipient
@@ -160,6 +180,19 @@ ok(eval { Echelon::wait_until(sub { !kill(0, $master) }, 20) },
 unlike(error_log(), qr/open socket|\[alert\]|\[crit\]/,
        '... leaving no socket open');
 unlink "$dir/logs/nginx.pid";
+
+# emails due together take turns on at most echelon_smtp_keepalive
+# connections
+
+start('echelon_smtp_keepalive 2;');
+employee_enabled(0);
+my @together = map { invoice_for("kt-$_\@example.com") } 1 .. 6;
+employee_enabled(1);
+is(join(',', map { outcome($_) } @together), join(',', ('sent 1') x 6),
+   'six emails due together are sent');
+my %used = map { connection_of("kt-$_\@example.com") => 1 } 1 .. 6;
+cmp_ok(scalar keys %used, '<=', 2,
+       '... over at most two connections (echelon_smtp_keepalive 2)');
 
 # at most echelon_smtp_keepalive_requests messages a connection
 
