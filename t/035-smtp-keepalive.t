@@ -57,8 +57,9 @@ sub start {
                         workers => 1);
     nginx();
     Echelon::wait_until(sub { HTTP::Tiny->new(timeout => 1)
-                              ->get("$base/v1/account")->{status} == 401 },
-                        10);
+                              ->get("$base/v1/account", { headers =>
+                                    { Authorization => "Bearer $key" } })
+                              ->{status} == 200 }, 30);
 }
 
 sub stop {
