@@ -53,6 +53,14 @@ static ngx_conf_num_bounds_t  ngx_http_echelon_worker_bounds = {
     ngx_conf_check_num_bounds, 0, 1023
 };
 
+static ngx_conf_num_bounds_t  ngx_http_echelon_keepalive_bounds = {
+    ngx_conf_check_num_bounds, 0, 64
+};
+
+static ngx_conf_num_bounds_t  ngx_http_echelon_requests_bounds = {
+    ngx_conf_check_num_bounds, 1, 100000
+};
+
 
 static ngx_command_t  ngx_http_echelon_commands[] = {
 
@@ -174,6 +182,27 @@ static ngx_command_t  ngx_http_echelon_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_echelon_main_conf_t, smtp_timeout),
       NULL },
+
+    { ngx_string("echelon_smtp_keepalive"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, smtp_keepalive),
+      &ngx_http_echelon_keepalive_bounds },
+
+    { ngx_string("echelon_smtp_keepalive_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, smtp_keepalive_timeout),
+      NULL },
+
+    { ngx_string("echelon_smtp_keepalive_requests"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, smtp_keepalive_requests),
+      &ngx_http_echelon_requests_bounds },
 
     { ngx_string("echelon_public_url"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -338,6 +367,9 @@ ngx_http_echelon_create_main_conf(ngx_conf_t *cf)
     emcf->max_attempts = NGX_CONF_UNSET_UINT;
     emcf->retry_backoff = NGX_CONF_UNSET_MSEC;
     emcf->smtp_timeout = NGX_CONF_UNSET_MSEC;
+    emcf->smtp_keepalive = NGX_CONF_UNSET_UINT;
+    emcf->smtp_keepalive_timeout = NGX_CONF_UNSET_MSEC;
+    emcf->smtp_keepalive_requests = NGX_CONF_UNSET_UINT;
     emcf->provider_timeout = NGX_CONF_UNSET_MSEC;
     emcf->whatsapp_provider = NGX_CONF_UNSET_UINT;
 
@@ -368,6 +400,9 @@ ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(emcf->max_attempts, 5);
     ngx_conf_init_msec_value(emcf->retry_backoff, 30000);
     ngx_conf_init_msec_value(emcf->smtp_timeout, 30000);
+    ngx_conf_init_uint_value(emcf->smtp_keepalive, 16);
+    ngx_conf_init_msec_value(emcf->smtp_keepalive_timeout, 30000);
+    ngx_conf_init_uint_value(emcf->smtp_keepalive_requests, 100);
     ngx_conf_init_msec_value(emcf->provider_timeout, 10000);
     ngx_conf_init_uint_value(emcf->whatsapp_provider,
                              NGX_ECHELON_WHATSAPP_TWILIO);

@@ -169,6 +169,9 @@ typedef struct {
     ngx_str_t                   smtp_url;
     ngx_str_t                   smtp_from;
     ngx_msec_t                  smtp_timeout;
+    ngx_uint_t                  smtp_keepalive;
+    ngx_msec_t                  smtp_keepalive_timeout;
+    ngx_uint_t                  smtp_keepalive_requests;
 
     /* SMS and WhatsApp providers */
     ngx_str_t                   public_url;

@@ -2,10 +2,13 @@
 /*
  * Copyright (C) Echelon
  *
- * SMTP on nginx's own event machinery: one connection a message, replies
- * read as they come, commands written as the socket takes them, TLS
- * through nginx's OpenSSL layer.  A message's result is reported as soon
- * as the server answers its end; nothing ever waits for the reply to QUIT.
+ * SMTP on nginx's own event machinery: replies read as they come, commands
+ * written as the socket takes them, TLS through nginx's OpenSSL layer.  A
+ * message's result is reported as soon as the server answers its end.
+ * With echelon_smtp_keepalive N, at most N connections are open and the
+ * messages take turns on them, each connection waiting idle between two;
+ * with 0, every message has a connection of its own, which says QUIT after
+ * it.  Nothing ever waits for the reply to QUIT.
  */
 
 
@@ -23,7 +26,7 @@
 
 
 #define NGX_ECHELON_SMTP_TIMEOUT          30000
-#define NGX_ECHELON_SMTP_CONNECTIONS      64
+#define NGX_ECHELON_SMTP_CONNECTIONS      64    /* without keepalive */
 #define NGX_ECHELON_SMTP_POOL_SIZE        2048
 #define NGX_ECHELON_SMTP_BUFFER           4096
 #define NGX_ECHELON_SMTP_COMMAND_LEN      512
@@ -63,6 +66,7 @@ typedef enum {
     NGX_ECHELON_SMTP_HELO,
     NGX_ECHELON_SMTP_STARTTLS,
     NGX_ECHELON_SMTP_HANDSHAKE,
+    NGX_ECHELON_SMTP_RSET,
     NGX_ECHELON_SMTP_MAIL,
     NGX_ECHELON_SMTP_RCPT,
     NGX_ECHELON_SMTP_DATA,
@@ -88,9 +92,16 @@ struct ngx_echelon_smtp_s {
     ngx_queue_t                    active;      /* started */
     ngx_queue_t                    waiting;     /* for a free connection */
     ngx_queue_t                    refused;     /* at send time */
+    ngx_queue_t                    idle;        /* most recent first */
     ngx_uint_t                     nactive;
     ngx_uint_t                     nwaiting;
     ngx_uint_t                     nrefused;
+    ngx_uint_t                     nidle;
+    ngx_uint_t                     nopen;       /* connections, busy or idle */
+
+    ngx_uint_t                     keepalive;   /* connections kept open */
+    ngx_msec_t                     keepalive_timeout;
+    ngx_uint_t                     keepalive_requests;  /* messages each */
 
     unsigned                       smtps:1;     /* TLS from the start */
     unsigned                       literal:1;   /* the host is an address */
@@ -101,13 +112,17 @@ struct ngx_echelon_smtp_s {
 };
 
 
+typedef struct ngx_echelon_smtp_session_s  ngx_echelon_smtp_session_t;
+
+
 typedef struct {
     ngx_queue_t                    queue;
     ngx_echelon_smtp_t            *smtp;
     ngx_pool_t                    *pool;        /* owns all of it */
     ngx_log_t                      log;
-    ngx_peer_connection_t          peer;
+    ngx_echelon_smtp_session_t    *session;     /* the connection it uses */
     ngx_echelon_smtp_state_e       state;
+    ngx_msec_t                     deadline;    /* of the whole transfer */
 
     ngx_echelon_smtp_done_pt       done;
     void                          *data;
@@ -127,14 +142,32 @@ typedef struct {
     const char                    *reason;
 
     unsigned                       started:1;
-    unsigned                       tls:1;
-    unsigned                       starttls:1;  /* offered by the server */
-    unsigned                       smtputf8:1;  /* offered by the server */
     unsigned                       utf8:1;      /* an address needs it */
     unsigned                       quit:1;      /* the dialogue is in step */
+    unsigned                       keep:1;      /* ready for another message */
+    unsigned                       reused:1;    /* on a kept connection */
+    unsigned                       retried:1;   /* on a new one after that */
 
     u_char                         command[NGX_ECHELON_SMTP_COMMAND_LEN];
 } ngx_echelon_smtp_transfer_t;
+
+
+/* a connection to the server, in its own pool, kept between messages */
+
+struct ngx_echelon_smtp_session_s {
+    ngx_queue_t                    queue;       /* smtp->idle */
+    ngx_echelon_smtp_t            *smtp;
+    ngx_pool_t                    *pool;        /* the connection's */
+    ngx_log_t                      log;
+    ngx_peer_connection_t          peer;
+    ngx_echelon_smtp_transfer_t   *transfer;    /* NULL while idle */
+    ngx_uint_t                     messages;    /* started on it */
+
+    unsigned                       tls:1;
+    unsigned                       starttls:1;  /* offered by the server */
+    unsigned                       smtputf8:1;  /* offered by the server */
+    unsigned                       reset:1;     /* RSET before the next */
+};
 
 
 typedef struct {
@@ -163,8 +196,14 @@ static void ngx_echelon_smtp_refuse(ngx_echelon_smtp_t *smtp,
     ngx_echelon_smtp_transfer_t *t, ngx_echelon_send_e status,
     const char *reason);
 static void ngx_echelon_smtp_kick(ngx_echelon_smtp_t *smtp);
+static ngx_uint_t ngx_echelon_smtp_free_slot(ngx_echelon_smtp_t *smtp);
 static void ngx_echelon_smtp_kick_handler(ngx_event_t *ev);
 
+static void ngx_echelon_smtp_start(ngx_echelon_smtp_transfer_t *t);
+static ngx_echelon_smtp_session_t *ngx_echelon_smtp_idle_get(
+    ngx_echelon_smtp_t *smtp);
+static void ngx_echelon_smtp_resume(ngx_echelon_smtp_transfer_t *t,
+    ngx_echelon_smtp_session_t *s);
 static void ngx_echelon_smtp_connect(ngx_echelon_smtp_transfer_t *t);
 static void ngx_echelon_smtp_connected(ngx_echelon_smtp_transfer_t *t);
 static void ngx_echelon_smtp_read_handler(ngx_event_t *rev);
@@ -188,15 +227,31 @@ static void ngx_echelon_smtp_handshaked(ngx_connection_t *c);
 
 static ngx_int_t ngx_echelon_smtp_refused(ngx_echelon_smtp_transfer_t *t,
     ngx_echelon_smtp_reply_t *r);
+static void ngx_cdecl ngx_echelon_smtp_lost(ngx_echelon_smtp_transfer_t *t,
+    const char *fmt, ...);
+static ngx_uint_t ngx_echelon_smtp_retryable(ngx_echelon_smtp_transfer_t *t);
+static void ngx_echelon_smtp_retry(ngx_echelon_smtp_transfer_t *t,
+    u_char *text, size_t len);
 static void ngx_cdecl ngx_echelon_smtp_error(ngx_echelon_smtp_transfer_t *t,
     const char *fmt, ...);
 static void ngx_echelon_smtp_finish(ngx_echelon_smtp_transfer_t *t,
     ngx_echelon_send_e status, u_char *text, size_t len);
+static void ngx_echelon_smtp_release(ngx_echelon_smtp_transfer_t *t);
 static void ngx_echelon_smtp_free(ngx_echelon_smtp_transfer_t *t);
-static void ngx_echelon_smtp_close(ngx_echelon_smtp_transfer_t *t);
+static ngx_msec_t ngx_echelon_smtp_left(ngx_echelon_smtp_transfer_t *t);
 static const char *ngx_echelon_smtp_stage(ngx_echelon_smtp_transfer_t *t);
 static u_char *ngx_echelon_smtp_log_error(ngx_log_t *log, u_char *buf,
     size_t len);
+
+static void ngx_echelon_smtp_idle_handler(ngx_event_t *rev);
+static void ngx_echelon_smtp_idle_write_handler(ngx_event_t *wev);
+static ngx_uint_t ngx_echelon_smtp_alive(ngx_connection_t *c);
+static void ngx_echelon_smtp_idle_close(ngx_echelon_smtp_session_t *s,
+    ngx_uint_t quit);
+static void ngx_echelon_smtp_session_close(ngx_echelon_smtp_session_t *s,
+    ngx_uint_t quit);
+static u_char *ngx_echelon_smtp_session_log_error(ngx_log_t *log,
+    u_char *buf, size_t len);
 
 static void ngx_echelon_smtp_mailbox(ngx_str_t *text,
     ngx_echelon_smtp_mailbox_t *mb);
@@ -226,6 +281,7 @@ static char  *ngx_echelon_smtp_stages[] = {
     "waiting for the reply to HELO",
     "waiting for the reply to STARTTLS",
     "in the TLS handshake",
+    "waiting for the reply to RSET",
     "waiting for the reply to MAIL FROM",
     "waiting for the reply to RCPT TO",
     "waiting for the reply to DATA",
@@ -264,9 +320,14 @@ ngx_echelon_smtp_create(ngx_cycle_t *cycle, ngx_echelon_main_conf_t *emcf)
         smtp->timeout = NGX_ECHELON_SMTP_TIMEOUT;
     }
 
+    smtp->keepalive = emcf->smtp_keepalive;
+    smtp->keepalive_timeout = emcf->smtp_keepalive_timeout;
+    smtp->keepalive_requests = emcf->smtp_keepalive_requests;
+
     ngx_queue_init(&smtp->active);
     ngx_queue_init(&smtp->waiting);
     ngx_queue_init(&smtp->refused);
+    ngx_queue_init(&smtp->idle);
 
     smtp->kick.handler = ngx_echelon_smtp_kick_handler;
     smtp->kick.data = smtp;
@@ -528,10 +589,15 @@ void
 ngx_echelon_smtp_destroy(ngx_echelon_smtp_t *smtp)
 {
     ngx_queue_t                  *q;
+    ngx_echelon_smtp_session_t   *s;
     ngx_echelon_smtp_transfer_t  *t;
 
-    if (smtp->kick.posted) {
-        ngx_delete_posted_event(&smtp->kick);
+    /* idle connections say QUIT as they go, if the socket takes it at once */
+
+    while (!ngx_queue_empty(&smtp->idle)) {
+        q = ngx_queue_head(&smtp->idle);
+        s = ngx_queue_data(q, ngx_echelon_smtp_session_t, queue);
+        ngx_echelon_smtp_idle_close(s, 1);
     }
 
     /*
@@ -555,6 +621,10 @@ ngx_echelon_smtp_destroy(ngx_echelon_smtp_t *smtp)
         q = ngx_queue_head(&smtp->refused);
         t = ngx_queue_data(q, ngx_echelon_smtp_transfer_t, queue);
         ngx_echelon_smtp_free(t);
+    }
+
+    if (smtp->kick.posted) {
+        ngx_delete_posted_event(&smtp->kick);
     }
 
     ngx_ssl_cleanup_ctx(&smtp->ssl);
@@ -642,7 +712,13 @@ ngx_echelon_smtp_send(ngx_echelon_smtp_t *smtp, ngx_echelon_mail_t *mail,
         goto failed;
     }
 
-    /* started from the event loop, never from inside send */
+    /*
+     * started from the event loop, never from inside send; the deadline
+     * counts from now, a wait for a free connection included, so that a
+     * delivery's lease never runs out while its message may still go
+     */
+
+    t->deadline = ngx_current_msec + smtp->timeout;
 
     ngx_queue_insert_tail(&smtp->waiting, &t->queue);
     smtp->nwaiting++;
@@ -769,10 +845,7 @@ ngx_echelon_smtp_kick_handler(ngx_event_t *ev)
                                 ngx_strlen(t->reason));
     }
 
-    for (n = smtp->nwaiting;
-         n && smtp->nactive < NGX_ECHELON_SMTP_CONNECTIONS;
-         n--)
-    {
+    for (n = smtp->nwaiting; n && ngx_echelon_smtp_free_slot(smtp); n--) {
         q = ngx_queue_head(&smtp->waiting);
         t = ngx_queue_data(q, ngx_echelon_smtp_transfer_t, queue);
 
@@ -782,30 +855,179 @@ ngx_echelon_smtp_kick_handler(ngx_event_t *ev)
         ngx_queue_insert_tail(&smtp->active, q);
         smtp->nactive++;
 
-        t->started = 1;
-
-        ngx_echelon_smtp_connect(t);
+        ngx_echelon_smtp_start(t);
     }
+}
+
+
+/*
+ * With keepalive, at most that many connections are open, and messages
+ * take turns on them; without, each message has its own connection.
+ */
+
+static ngx_uint_t
+ngx_echelon_smtp_free_slot(ngx_echelon_smtp_t *smtp)
+{
+    if (smtp->nactive >= NGX_ECHELON_SMTP_CONNECTIONS) {
+        return 0;
+    }
+
+    return smtp->keepalive == 0
+           || smtp->nidle
+           || smtp->nopen < smtp->keepalive;
+}
+
+
+static void
+ngx_echelon_smtp_start(ngx_echelon_smtp_transfer_t *t)
+{
+    ngx_echelon_smtp_session_t  *s;
+
+    t->started = 1;
+
+    if ((ngx_msec_int_t) (t->deadline - ngx_current_msec) <= 0) {
+        ngx_echelon_smtp_error(t, "timed out waiting for a free connection "
+                               "to the server");
+        return;
+    }
+
+    s = ngx_echelon_smtp_idle_get(t->smtp);
+
+    if (s == NULL) {
+        ngx_echelon_smtp_connect(t);
+        return;
+    }
+
+    ngx_echelon_smtp_resume(t, s);
+}
+
+
+/* the most recently used idle connection that still holds */
+
+static ngx_echelon_smtp_session_t *
+ngx_echelon_smtp_idle_get(ngx_echelon_smtp_t *smtp)
+{
+    ngx_queue_t                 *q;
+    ngx_connection_t            *c;
+    ngx_echelon_smtp_session_t  *s;
+
+    while (!ngx_queue_empty(&smtp->idle)) {
+        q = ngx_queue_head(&smtp->idle);
+        s = ngx_queue_data(q, ngx_echelon_smtp_session_t, queue);
+        c = s->peer.connection;
+
+        if (!ngx_echelon_smtp_alive(c)) {
+            ngx_echelon_smtp_idle_close(s, 0);
+            continue;
+        }
+
+        ngx_queue_remove(q);
+        smtp->nidle--;
+
+        if (c->read->timer_set) {
+            ngx_del_timer(c->read);
+        }
+
+        c->read->cancelable = 0;
+        c->idle = 0;
+
+        return s;
+    }
+
+    return NULL;
+}
+
+
+/* the next message on a kept connection: RSET first if the last failed */
+
+static void
+ngx_echelon_smtp_resume(ngx_echelon_smtp_transfer_t *t,
+    ngx_echelon_smtp_session_t *s)
+{
+    u_char            *p;
+    ngx_connection_t  *c;
+
+    c = s->peer.connection;
+
+    s->transfer = t;
+    s->messages++;
+
+    t->session = s;
+    t->reused = 1;
+    t->log.connection = c->number;
+
+    c->data = t;
+    c->read->handler = ngx_echelon_smtp_read_handler;
+    c->write->handler = ngx_echelon_smtp_write_handler;
+
+    ngx_add_timer(c->read, ngx_echelon_smtp_left(t));
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, &t->log, 0,
+                   "echelon smtp: message %V: kept connection, "
+                   "message #%ui on it%s", &t->message_id, s->messages,
+                   s->reset ? ", after RSET" : "");
+
+    if (!s->reset) {
+        (void) ngx_echelon_smtp_mail(t);
+        return;
+    }
+
+    s->reset = 0;
+
+    p = ngx_cpymem(t->command, "RSET" CRLF, sizeof("RSET" CRLF) - 1);
+
+    (void) ngx_echelon_smtp_command(t, NGX_ECHELON_SMTP_RSET, t->command,
+                                    p - t->command);
 }
 
 
 static void
 ngx_echelon_smtp_connect(ngx_echelon_smtp_transfer_t *t)
 {
-    ngx_int_t            rc;
-    ngx_connection_t    *c;
-    ngx_echelon_smtp_t  *smtp;
+    ngx_int_t                    rc;
+    ngx_pool_t                  *pool;
+    ngx_connection_t            *c;
+    ngx_echelon_smtp_t          *smtp;
+    ngx_echelon_smtp_session_t  *s;
 
     smtp = t->smtp;
 
-    t->peer.sockaddr = &smtp->sockaddr.sockaddr;
-    t->peer.socklen = smtp->socklen;
-    t->peer.name = &smtp->name;
-    t->peer.get = ngx_event_get_peer;
-    t->peer.log = &t->log;
-    t->peer.log_error = NGX_ERROR_INFO;
+    /* the connection's own pool: it may outlive the message */
 
-    rc = ngx_event_connect_peer(&t->peer);
+    pool = ngx_create_pool(NGX_ECHELON_SMTP_POOL_SIZE, smtp->log);
+    if (pool == NULL) {
+        ngx_echelon_smtp_error(t, "no memory for a connection");
+        return;
+    }
+
+    s = ngx_pcalloc(pool, sizeof(ngx_echelon_smtp_session_t));
+    if (s == NULL) {
+        ngx_destroy_pool(pool);
+        ngx_echelon_smtp_error(t, "no memory for a connection");
+        return;
+    }
+
+    s->smtp = smtp;
+    s->pool = pool;
+    s->transfer = t;
+    s->messages = 1;
+
+    smtp->nopen++;
+
+    s->log = *smtp->log;
+    s->log.handler = ngx_echelon_smtp_session_log_error;
+    s->log.data = s;
+
+    t->session = s;
+
+    s->peer.sockaddr = &smtp->sockaddr.sockaddr;
+    s->peer.socklen = smtp->socklen;
+    s->peer.name = &smtp->name;
+    s->peer.get = ngx_event_get_peer;
+    s->peer.log = &s->log;
+    s->peer.log_error = NGX_ERROR_INFO;
+
+    rc = ngx_event_connect_peer(&s->peer);
 
     ngx_log_debug2(NGX_LOG_DEBUG_EVENT, &t->log, 0,
                    "echelon smtp: message %V: connect: %i",
@@ -816,21 +1038,22 @@ ngx_echelon_smtp_connect(ngx_echelon_smtp_transfer_t *t)
         return;
     }
 
-    c = t->peer.connection;
+    c = s->peer.connection;
 
     c->data = t;
-    c->pool = t->pool;
+    c->pool = pool;
     c->read->handler = ngx_echelon_smtp_read_handler;
     c->write->handler = ngx_echelon_smtp_write_handler;
 
     t->log.connection = c->number;
 
     /*
-     * one deadline for the whole transfer, connect included; the timer is
-     * not cancelable, so that a graceful exit waits for the result
+     * one deadline for the whole transfer, connect included, and a retry
+     * on a new connection too; the timer is not cancelable, so that a
+     * graceful exit waits for the result
      */
 
-    ngx_add_timer(c->read, smtp->timeout);
+    ngx_add_timer(c->read, ngx_echelon_smtp_left(t));
 
     if (rc == NGX_OK) {
         ngx_echelon_smtp_connected(t);
@@ -847,7 +1070,7 @@ ngx_echelon_smtp_connected(ngx_echelon_smtp_transfer_t *t)
     ngx_connection_t  *c;
     u_char             text[NGX_MAX_ERROR_STR];
 
-    c = t->peer.connection;
+    c = t->session->peer.connection;
 
     /* a connect that failed is reported as an event like one that worked */
 
@@ -937,7 +1160,7 @@ ngx_echelon_smtp_read(ngx_echelon_smtp_transfer_t *t)
     ngx_connection_t          *c;
     ngx_echelon_smtp_reply_t   r;
 
-    c = t->peer.connection;
+    c = t->session->peer.connection;
 
     for ( ;; ) {
         rc = ngx_echelon_smtp_parse(t, &r);
@@ -974,14 +1197,14 @@ ngx_echelon_smtp_read(ngx_echelon_smtp_transfer_t *t)
         }
 
         if (n == 0) {
-            ngx_echelon_smtp_error(t, "connection closed by the server "
-                                   "while %s", ngx_echelon_smtp_stage(t));
+            ngx_echelon_smtp_lost(t, "connection closed by the server "
+                                  "while %s", ngx_echelon_smtp_stage(t));
             return;
         }
 
         if (n == NGX_ERROR) {
-            ngx_echelon_smtp_error(t, "connection failed while %s",
-                                   ngx_echelon_smtp_stage(t));
+            ngx_echelon_smtp_lost(t, "connection failed while %s",
+                                  ngx_echelon_smtp_stage(t));
             return;
         }
 
@@ -989,8 +1212,8 @@ ngx_echelon_smtp_read(ngx_echelon_smtp_transfer_t *t)
     }
 
     if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-        ngx_echelon_smtp_error(t, "connection failed while %s",
-                               ngx_echelon_smtp_stage(t));
+        ngx_echelon_smtp_lost(t, "connection failed while %s",
+                              ngx_echelon_smtp_stage(t));
     }
 }
 
@@ -1060,6 +1283,13 @@ ngx_echelon_smtp_reply(ngx_echelon_smtp_transfer_t *t,
 
     class = r->code / 100;
 
+    /* a kept connection the server has given up on: try a new one */
+
+    if (r->code == 421 && ngx_echelon_smtp_retryable(t)) {
+        ngx_echelon_smtp_retry(t, r->line.data, r->line.len);
+        return NGX_DONE;
+    }
+
     /* a reply before the command is out: the server gives up on us */
 
     if (t->sent < t->out.len) {
@@ -1094,7 +1324,7 @@ ngx_echelon_smtp_reply(ngx_echelon_smtp_transfer_t *t,
 
         ngx_echelon_smtp_extensions(t, r);
 
-        if (t->starttls && !t->tls) {
+        if (t->session->starttls && !t->session->tls) {
             p = ngx_cpymem(t->command, "STARTTLS" CRLF,
                            sizeof("STARTTLS" CRLF) - 1);
 
@@ -1134,6 +1364,17 @@ ngx_echelon_smtp_reply(ngx_echelon_smtp_transfer_t *t,
 
         return NGX_DONE;
 
+    case NGX_ECHELON_SMTP_RSET:
+
+        /* the last message's transaction is not cleared: a new connection */
+
+        if (r->code != 250) {
+            ngx_echelon_smtp_retry(t, r->line.data, r->line.len);
+            return NGX_DONE;
+        }
+
+        return ngx_echelon_smtp_mail(t);
+
     case NGX_ECHELON_SMTP_MAIL:
 
         if (class != 2) {
@@ -1172,9 +1413,14 @@ ngx_echelon_smtp_reply(ngx_echelon_smtp_transfer_t *t,
             return ngx_echelon_smtp_refused(t, r);
         }
 
-        /* accepted: reported now, QUIT follows and is not waited for */
+        /*
+         * accepted: reported now; the connection is kept for the next
+         * message if the server said nothing more, or else QUIT follows
+         * and is not waited for
+         */
 
         t->quit = 1;
+        t->keep = (r->size == t->in_len);
 
         ngx_echelon_smtp_finish(t, NGX_ECHELON_SEND_OK, r->line.data,
                                 r->line.len);
@@ -1193,12 +1439,15 @@ static void
 ngx_echelon_smtp_extensions(ngx_echelon_smtp_transfer_t *t,
     ngx_echelon_smtp_reply_t *r)
 {
-    u_char  *p, *last, *lf, *end;
+    u_char                      *p, *last, *lf, *end;
+    ngx_echelon_smtp_session_t  *s;
+
+    s = t->session;
 
     /* what the server offers is learnt anew after STARTTLS */
 
-    t->starttls = 0;
-    t->smtputf8 = 0;
+    s->starttls = 0;
+    s->smtputf8 = 0;
 
     /* the first line greets, each of the others names an extension */
 
@@ -1210,11 +1459,11 @@ ngx_echelon_smtp_extensions(ngx_echelon_smtp_transfer_t *t,
         end = (lf[-1] == CR) ? lf - 1 : lf;
 
         if (ngx_echelon_smtp_offers(p, end, "STARTTLS")) {
-            t->starttls = 1;
+            s->starttls = 1;
         }
 
         if (ngx_echelon_smtp_offers(p, end, "SMTPUTF8")) {
-            t->smtputf8 = 1;
+            s->smtputf8 = 1;
         }
 
         p = lf + 1;
@@ -1266,7 +1515,7 @@ ngx_echelon_smtp_mail(ngx_echelon_smtp_transfer_t *t)
 
     p = ngx_snprintf(t->command, NGX_ECHELON_SMTP_COMMAND_LEN,
                      "MAIL FROM:<%V>%s" CRLF, &t->from,
-                     (t->utf8 && t->smtputf8) ? " SMTPUTF8" : "");
+                     (t->utf8 && t->session->smtputf8) ? " SMTPUTF8" : "");
 
     return ngx_echelon_smtp_command(t, NGX_ECHELON_SMTP_MAIL, t->command,
                                     p - t->command);
@@ -1309,7 +1558,7 @@ ngx_echelon_smtp_flush(ngx_echelon_smtp_transfer_t *t)
     ssize_t            n;
     ngx_connection_t  *c;
 
-    c = t->peer.connection;
+    c = t->session->peer.connection;
 
     while (t->sent < t->out.len) {
         n = c->send(c, t->out.data + t->sent, t->out.len - t->sent);
@@ -1320,8 +1569,8 @@ ngx_echelon_smtp_flush(ngx_echelon_smtp_transfer_t *t)
         }
 
         if (n == NGX_ERROR) {
-            ngx_echelon_smtp_error(t, "connection failed while %s",
-                                   ngx_echelon_smtp_stage(t));
+            ngx_echelon_smtp_lost(t, "connection failed while %s",
+                                  ngx_echelon_smtp_stage(t));
             return NGX_DONE;
         }
 
@@ -1331,8 +1580,8 @@ ngx_echelon_smtp_flush(ngx_echelon_smtp_transfer_t *t)
     }
 
     if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
-        ngx_echelon_smtp_error(t, "connection failed while %s",
-                               ngx_echelon_smtp_stage(t));
+        ngx_echelon_smtp_lost(t, "connection failed while %s",
+                              ngx_echelon_smtp_stage(t));
         return NGX_DONE;
     }
 
@@ -1347,7 +1596,7 @@ ngx_echelon_smtp_tls(ngx_echelon_smtp_transfer_t *t)
     ngx_connection_t    *c;
     ngx_echelon_smtp_t  *smtp;
 
-    c = t->peer.connection;
+    c = t->session->peer.connection;
     smtp = t->smtp;
 
     t->state = NGX_ECHELON_SMTP_HANDSHAKE;
@@ -1428,7 +1677,7 @@ ngx_echelon_smtp_handshaked(ngx_connection_t *c)
     c->read->handler = ngx_echelon_smtp_read_handler;
     c->write->handler = ngx_echelon_smtp_write_handler;
 
-    t->tls = 1;
+    t->session->tls = 1;
 
     ngx_log_debug1(NGX_LOG_DEBUG_EVENT, &t->log, 0,
                    "echelon smtp: message %V: TLS verified", &t->message_id);
@@ -1459,9 +1708,82 @@ ngx_echelon_smtp_refused(ngx_echelon_smtp_transfer_t *t,
 
     t->quit = (t->sent == t->out.len);
 
+    /*
+     * a transaction refused in step leaves the connection usable: as it
+     * is after the end of the message, or once RSET has cleared it
+     */
+
+    if (t->quit
+        && r->code != 421
+        && r->size == t->in_len
+        && t->state >= NGX_ECHELON_SMTP_MAIL)
+    {
+        t->keep = 1;
+        t->session->reset = (t->state != NGX_ECHELON_SMTP_MESSAGE);
+    }
+
     ngx_echelon_smtp_finish(t, status, r->line.data, r->line.len);
 
     return NGX_DONE;
+}
+
+
+/*
+ * The connection failed or was closed.  On a kept connection, before the
+ * server took MAIL FROM, nothing of the message has been accepted: it goes
+ * again, once, on a new connection.
+ */
+
+static void ngx_cdecl
+ngx_echelon_smtp_lost(ngx_echelon_smtp_transfer_t *t, const char *fmt, ...)
+{
+    u_char   *p;
+    va_list   args;
+    u_char    text[NGX_ECHELON_SMTP_REPLY_LEN];
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(text, text + sizeof(text), fmt, args);
+    va_end(args);
+
+    if (ngx_echelon_smtp_retryable(t)) {
+        ngx_echelon_smtp_retry(t, text, p - text);
+        return;
+    }
+
+    ngx_echelon_smtp_finish(t, NGX_ECHELON_SEND_TRANSIENT, text, p - text);
+}
+
+
+static ngx_uint_t
+ngx_echelon_smtp_retryable(ngx_echelon_smtp_transfer_t *t)
+{
+    return t->reused
+           && (t->state == NGX_ECHELON_SMTP_RSET
+               || t->state == NGX_ECHELON_SMTP_MAIL);
+}
+
+
+static void
+ngx_echelon_smtp_retry(ngx_echelon_smtp_transfer_t *t, u_char *text,
+    size_t len)
+{
+    ngx_log_error(NGX_LOG_INFO, t->smtp->log, 0,
+                  "echelon smtp: message %V: the kept connection to %V "
+                  "failed (%*s), trying a new one",
+                  &t->message_id, &t->smtp->name, len, text);
+
+    /* not answered: the server has gone or is going */
+
+    ngx_echelon_smtp_session_close(t->session, 0);
+
+    t->session = NULL;
+    t->reused = 0;
+    t->state = NGX_ECHELON_SMTP_CONNECT;
+    t->in_len = 0;
+    t->out.len = 0;
+    t->sent = 0;
+
+    ngx_echelon_smtp_connect(t);
 }
 
 
@@ -1517,9 +1839,10 @@ ngx_echelon_smtp_finish(ngx_echelon_smtp_transfer_t *t,
     done = t->done;
     data = t->data;
 
+    ngx_echelon_smtp_release(t);
     ngx_echelon_smtp_free(t);
 
-    if (smtp->nwaiting && smtp->nactive < NGX_ECHELON_SMTP_CONNECTIONS) {
+    if (smtp->nwaiting && ngx_echelon_smtp_free_slot(smtp)) {
         ngx_echelon_smtp_kick(smtp);
     }
 
@@ -1527,49 +1850,219 @@ ngx_echelon_smtp_finish(ngx_echelon_smtp_transfer_t *t,
 }
 
 
+/* keeps the connection idle when the dialogue is ready for another message */
+
+static void
+ngx_echelon_smtp_release(ngx_echelon_smtp_transfer_t *t)
+{
+    ngx_connection_t            *c;
+    ngx_echelon_smtp_t          *smtp;
+    ngx_echelon_smtp_session_t  *s;
+
+    smtp = t->smtp;
+    s = t->session;
+
+    if (s == NULL
+        || !t->keep
+        || smtp->keepalive == 0
+        || s->messages >= smtp->keepalive_requests
+        || ngx_exiting
+        || ngx_terminate
+        || ngx_quit)
+    {
+        return;
+    }
+
+    c = s->peer.connection;
+
+    if (c->close || (c->ssl && SSL_pending(c->ssl->connection))) {
+        return;
+    }
+
+    t->session = NULL;
+    s->transfer = NULL;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    c->data = s;
+    c->read->handler = ngx_echelon_smtp_idle_handler;
+    c->write->handler = ngx_echelon_smtp_idle_write_handler;
+
+    /* closed at once on a graceful exit, see ngx_close_idle_connections() */
+
+    c->idle = 1;
+
+    c->read->cancelable = 1;
+    ngx_add_timer(c->read, smtp->keepalive_timeout);
+
+    ngx_queue_insert_head(&smtp->idle, &s->queue);
+    smtp->nidle++;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, smtp->log, 0,
+                   "echelon smtp: keeping connection to %V after %ui "
+                   "message(s), %ui idle", &smtp->name, s->messages,
+                   smtp->nidle);
+
+    if (c->read->ready) {
+        ngx_echelon_smtp_idle_handler(c->read);
+    }
+}
+
+
 static void
 ngx_echelon_smtp_free(ngx_echelon_smtp_transfer_t *t)
 {
+    ngx_echelon_smtp_session_t  *s;
+
     ngx_queue_remove(&t->queue);
 
     if (t->started) {
         t->smtp->nactive--;
     }
 
-    if (t->peer.connection) {
-        ngx_echelon_smtp_close(t);
+    s = t->session;
+
+    if (s) {
+        t->session = NULL;
+        ngx_echelon_smtp_session_close(s, t->quit);
     }
 
     ngx_destroy_pool(t->pool);
 }
 
 
-static void
-ngx_echelon_smtp_close(ngx_echelon_smtp_transfer_t *t)
+/* what is left of the transfer's deadline, for a new connection too */
+
+static ngx_msec_t
+ngx_echelon_smtp_left(ngx_echelon_smtp_transfer_t *t)
 {
-    ngx_connection_t  *c;
+    ngx_msec_int_t  left;
 
-    c = t->peer.connection;
-    t->peer.connection = NULL;
+    left = (ngx_msec_int_t) (t->deadline - ngx_current_msec);
 
-    /* said once and never waited for: the result is known already */
+    return (left > 0) ? (ngx_msec_t) left : 1;
+}
 
-    if (t->quit) {
-        (void) c->send(c, (u_char *) "QUIT" CRLF, sizeof("QUIT" CRLF) - 1);
-    }
 
-    /* a close_notify alert if it goes at once; the peer's is not awaited */
+/* an idle connection that times out, closes, or says anything, goes */
 
-    if (c->ssl) {
-        c->ssl->no_wait_shutdown = 1;
+static void
+ngx_echelon_smtp_idle_handler(ngx_event_t *rev)
+{
+    ngx_connection_t            *c;
+    ngx_echelon_smtp_t          *smtp;
+    ngx_echelon_smtp_session_t  *s;
 
-        if (ngx_ssl_shutdown(c) == NGX_AGAIN) {
-            c->ssl->no_send_shutdown = 1;
-            (void) ngx_ssl_shutdown(c);
+    c = rev->data;
+    s = c->data;
+    smtp = s->smtp;
+
+    if (!rev->timedout && !c->close && ngx_echelon_smtp_alive(c)) {
+
+        if (ngx_handle_read_event(rev, 0) == NGX_OK) {
+            return;
         }
     }
 
-    ngx_close_connection(c);
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, c->log, 0,
+                   "echelon smtp: idle connection to %V closed%s%s",
+                   &smtp->name, rev->timedout ? ", timed out" : "",
+                   c->close ? ", exiting" : "");
+
+    /* a server that spoke or closed is not answered */
+
+    ngx_echelon_smtp_idle_close(s, rev->timedout || c->close);
+
+    if (smtp->nwaiting && ngx_echelon_smtp_free_slot(smtp)) {
+        ngx_echelon_smtp_kick(smtp);
+    }
+}
+
+
+static void
+ngx_echelon_smtp_idle_write_handler(ngx_event_t *wev)
+{
+    ngx_log_debug0(NGX_LOG_DEBUG_EVENT, wev->log, 0,
+                   "echelon smtp: idle write event");
+}
+
+
+/* nothing to read and no close pending: the connection can be reused */
+
+static ngx_uint_t
+ngx_echelon_smtp_alive(ngx_connection_t *c)
+{
+    char       buf[1];
+    ssize_t    n;
+    ngx_err_t  err;
+
+    if (c->ssl && SSL_pending(c->ssl->connection)) {
+        return 0;
+    }
+
+    n = recv(c->fd, buf, 1, MSG_PEEK);
+    err = ngx_socket_errno;
+
+    if (n == -1 && err == NGX_EAGAIN) {
+        c->read->ready = 0;
+        return 1;
+    }
+
+    return 0;
+}
+
+
+static void
+ngx_echelon_smtp_idle_close(ngx_echelon_smtp_session_t *s, ngx_uint_t quit)
+{
+    ngx_queue_remove(&s->queue);
+    s->smtp->nidle--;
+
+    ngx_echelon_smtp_session_close(s, quit);
+}
+
+
+static void
+ngx_echelon_smtp_session_close(ngx_echelon_smtp_session_t *s,
+    ngx_uint_t quit)
+{
+    ngx_connection_t  *c;
+
+    c = s->peer.connection;
+
+    if (c) {
+        s->peer.connection = NULL;
+
+        /* said once and never waited for: the result is known already */
+
+        if (quit) {
+            (void) c->send(c, (u_char *) "QUIT" CRLF,
+                           sizeof("QUIT" CRLF) - 1);
+        }
+
+        /* a close_notify alert if it goes at once; the peer's not awaited */
+
+        if (c->ssl) {
+            c->ssl->no_wait_shutdown = 1;
+
+            if (ngx_ssl_shutdown(c) == NGX_AGAIN) {
+                c->ssl->no_send_shutdown = 1;
+                (void) ngx_ssl_shutdown(c);
+            }
+        }
+
+        ngx_close_connection(c);
+    }
+
+    s->smtp->nopen--;
+
+    ngx_destroy_pool(s->pool);
 }
 
 
@@ -1594,6 +2087,22 @@ ngx_echelon_smtp_log_error(ngx_log_t *log, u_char *buf, size_t len)
     return ngx_snprintf(buf, len, " while %s, message: %V, SMTP server: %V",
                         ngx_echelon_smtp_stage(t), &t->message_id,
                         &t->smtp->name);
+}
+
+
+static u_char *
+ngx_echelon_smtp_session_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    ngx_echelon_smtp_session_t  *s;
+
+    s = log->data;
+
+    if (s->transfer) {
+        return ngx_echelon_smtp_log_error(&s->transfer->log, buf, len);
+    }
+
+    return ngx_snprintf(buf, len, " while idle, SMTP server: %V",
+                        &s->smtp->name);
 }
 
 

@@ -62,6 +62,9 @@ my ($ok, $out) = nginx_t(<<'HTTP');
     echelon_smtp_url smtp://127.0.0.1:2525;
     echelon_smtp_from "Billing <billing@example.com>";
     echelon_smtp_timeout 20s;
+    echelon_smtp_keepalive 4;
+    echelon_smtp_keepalive_timeout 10s;
+    echelon_smtp_keepalive_requests 50;
     echelon_max_body_size 1m;
 HTTP
 ok($ok, 'every directive with a good value passes nginx -t') or diag($out);
@@ -82,6 +85,11 @@ my @bad = (
     [ "echelon_smtp_timeout 40s;\n    echelon_scheduler_lease 60s;",
       qr/"echelon_scheduler_lease" must be at least twice/ ],
     [ 'echelon_max_attempts 1000;', qr/value must be between 1 and 100/ ],
+    [ 'echelon_smtp_keepalive 65;', qr/value must be between 0 and 64/ ],
+    [ 'echelon_smtp_keepalive_timeout later;',
+      qr/"echelon_smtp_keepalive_timeout" directive invalid value/ ],
+    [ 'echelon_smtp_keepalive_requests 0;',
+      qr/value must be between 1 and 100000/ ],
 );
 
 for my $case (@bad) {

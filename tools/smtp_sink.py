@@ -6,11 +6,18 @@ one file in a Maildir (new/), with the SMTP envelope added as headers:
 
     X-Echelon-Envelope-From: <sender>
     X-Echelon-Envelope-To: <recipient>      (one line per accepted recipient)
+    X-Echelon-Connection: <n>               (the connection's serial number)
 
 With --test-rules, recipients are refused by the start of their local part:
 
     reject...@   550 5.1.1 <addr>: Recipient address rejected: test rule
     tempfail...@ 451 4.3.0 <addr>: Try again later: test rule
+
+and a message to one of these is stored, then its connection ends:
+
+    hangup...@   closed at once after the reply to the message
+    expire...@   the next MAIL FROM on it gets 421, then it is closed (as
+                 a server does whose idle timeout ran out)
 
 Runs with Debian's /usr/bin/python3 (package python3-aiosmtpd). Writes its
 pid file, if asked, once it is listening; exits 0 on SIGTERM or SIGINT.
@@ -38,6 +45,7 @@ class MaildirHandler:
         self.maildir = maildir
         self.test_rules = test_rules
         self.count = 0
+        self.connections = 0
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(maildir, sub), exist_ok=True)
 
@@ -55,19 +63,48 @@ class MaildirHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
+    async def handle_MAIL(self, server, session, envelope, address,
+                          mail_options):
+        if getattr(session, "echelon_expire", False):
+            LOG.info("MAIL %s refused (421, test rule), closing", address)
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.4.2 %s Idle timeout: test rule" % SERVER_NAME
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
-        name = self.store(envelope)
+        name = self.store(envelope, self.connection(session))
         LOG.info("stored %s from <%s> to %s", name, envelope.mail_from,
                  ", ".join("<%s>" % r for r in envelope.rcpt_tos))
+        if self.rule(envelope, "hangup"):
+            LOG.info("closing the connection (test rule)")
+            asyncio.get_running_loop().call_soon(server.transport.close)
+        if self.rule(envelope, "expire"):
+            session.echelon_expire = True
         return "250 2.0.0 Ok: queued as %s" % name
 
-    def store(self, envelope):
+    def rule(self, envelope, prefix):
+        """Whether a test rule applies to a recipient of the message."""
+        return self.test_rules and any(
+            r.rsplit("@", 1)[0].lower().startswith(prefix)
+            for r in envelope.rcpt_tos)
+
+    def connection(self, session):
+        """The serial number of a session's connection, from 1."""
+        if not hasattr(session, "echelon_serial"):
+            self.connections += 1
+            session.echelon_serial = self.connections
+        return session.echelon_serial
+
+    def store(self, envelope, connection):
         """Write one message the Maildir way: tmp/ first, then new/."""
         self.count += 1
         name = "%d.M%dP%dQ%d.%s" % (time.time(), time.time_ns() % 1000000,
                                     os.getpid(), self.count, SERVER_NAME)
         head = ["X-Echelon-Envelope-From: <%s>" % envelope.mail_from]
         head += ["X-Echelon-Envelope-To: <%s>" % r for r in envelope.rcpt_tos]
+        head += ["X-Echelon-Connection: %d" % connection]
         body = envelope.original_content or b""
         data = ("\n".join(head) + "\n").encode("utf-8")
         data += body.replace(b"\r\n", b"\n")
@@ -90,7 +127,8 @@ def parse_args(argv):
                    help="Maildir to store messages in (created if missing)")
     p.add_argument("--pidfile", help="write the pid here once listening")
     p.add_argument("--test-rules", action="store_true",
-                   help="refuse reject*@ (550) and tempfail*@ (451)")
+                   help="refuse reject*@ (550) and tempfail*@ (451); "
+                        "close after hangup*@, 421 after expire*@")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     return p.parse_args(argv)
 
