@@ -176,6 +176,20 @@ static ngx_command_t  ngx_http_echelon_commands[] = {
       offsetof(ngx_echelon_main_conf_t, smtp_from),
       NULL },
 
+    { ngx_string("echelon_smtp_user"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_secret,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, smtp_user),
+      NULL },
+
+    { ngx_string("echelon_smtp_password"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_echelon_secret,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_echelon_main_conf_t, smtp_password),
+      NULL },
+
     { ngx_string("echelon_smtp_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -443,6 +457,17 @@ ngx_http_echelon_init_main_conf(ngx_conf_t *cf, void *conf)
         if (ngx_echelon_endpoint_parse(cf, &url, emcf->meta) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
+    }
+
+    if ((emcf->smtp_user.len == 0) != (emcf->smtp_password.len == 0)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"echelon_smtp_user\" and "
+                           "\"echelon_smtp_password\" go together");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_echelon_smtp_resolve(cf, emcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
 
     /* the http block's resolver, if it has one, finds the providers */

@@ -168,6 +168,9 @@ typedef struct {
 
     ngx_str_t                   smtp_url;
     ngx_str_t                   smtp_from;
+    ngx_str_t                   smtp_user;
+    ngx_str_t                   smtp_password;
+    ngx_addr_t                 *smtp_addrs;     /* a name, resolved */
     ngx_msec_t                  smtp_timeout;
     ngx_uint_t                  smtp_keepalive;
     ngx_msec_t                  smtp_keepalive_timeout;
@@ -424,6 +427,8 @@ typedef struct {
 
 
 ngx_echelon_smtp_t *ngx_echelon_smtp_create(ngx_cycle_t *cycle,
+    ngx_echelon_main_conf_t *emcf);
+ngx_int_t ngx_echelon_smtp_resolve(ngx_conf_t *cf,
     ngx_echelon_main_conf_t *emcf);
 void ngx_echelon_smtp_destroy(ngx_echelon_smtp_t *smtp);
 ngx_int_t ngx_echelon_smtp_send(ngx_echelon_smtp_t *smtp,

@@ -66,6 +66,7 @@ typedef enum {
     NGX_ECHELON_SMTP_HELO,
     NGX_ECHELON_SMTP_STARTTLS,
     NGX_ECHELON_SMTP_HANDSHAKE,
+    NGX_ECHELON_SMTP_AUTH,
     NGX_ECHELON_SMTP_RSET,
     NGX_ECHELON_SMTP_MAIL,
     NGX_ECHELON_SMTP_RCPT,
@@ -103,12 +104,16 @@ struct ngx_echelon_smtp_s {
     ngx_msec_t                     keepalive_timeout;
     ngx_uint_t                     keepalive_requests;  /* messages each */
 
+    ngx_str_t                      auth;        /* "AUTH PLAIN ..." */
+
     unsigned                       smtps:1;     /* TLS from the start */
     unsigned                       literal:1;   /* the host is an address */
+    unsigned                       loopback:1;  /* on this machine */
 
     u_char                         name_data[NGX_SOCKADDR_STRLEN];
     u_char                         host_data[NGX_SOCKADDR_STRLEN];
     u_char                         ehlo_data[NGX_ECHELON_SMTP_NAME_LEN];
+    u_char                         auth_data[NGX_ECHELON_SMTP_COMMAND_LEN];
 };
 
 
@@ -166,6 +171,8 @@ struct ngx_echelon_smtp_session_s {
     unsigned                       tls:1;
     unsigned                       starttls:1;  /* offered by the server */
     unsigned                       smtputf8:1;  /* offered by the server */
+    unsigned                       plain:1;     /* AUTH PLAIN offered */
+    unsigned                       authenticated:1;
     unsigned                       reset:1;     /* RSET before the next */
 };
 
@@ -184,7 +191,10 @@ typedef struct {
 
 
 static ngx_int_t ngx_echelon_smtp_parse_url(ngx_echelon_smtp_t *smtp,
-    ngx_str_t *url);
+    ngx_echelon_main_conf_t *emcf);
+static ngx_int_t ngx_echelon_smtp_credentials(ngx_echelon_smtp_t *smtp,
+    ngx_echelon_main_conf_t *emcf);
+static ngx_int_t ngx_echelon_smtp_login(ngx_echelon_smtp_transfer_t *t);
 static ngx_int_t ngx_echelon_smtp_domain(ngx_echelon_smtp_t *smtp,
     ngx_str_t *name);
 static ngx_int_t ngx_echelon_smtp_ssl(ngx_echelon_smtp_t *smtp,
@@ -281,6 +291,7 @@ static char  *ngx_echelon_smtp_stages[] = {
     "waiting for the reply to HELO",
     "waiting for the reply to STARTTLS",
     "in the TLS handshake",
+    "waiting for the reply to AUTH",
     "waiting for the reply to RSET",
     "waiting for the reply to MAIL FROM",
     "waiting for the reply to RCPT TO",
@@ -338,7 +349,13 @@ ngx_echelon_smtp_create(ngx_cycle_t *cycle, ngx_echelon_main_conf_t *emcf)
 
     /* a URL that cannot be used fails every send, the worker stays */
 
-    if (ngx_echelon_smtp_parse_url(smtp, &emcf->smtp_url) == NGX_ERROR) {
+    if (ngx_echelon_smtp_parse_url(smtp, emcf) == NGX_ERROR) {
+        goto failed;
+    }
+
+    if (emcf->smtp_user.len
+        && ngx_echelon_smtp_credentials(smtp, emcf) != NGX_OK)
+    {
         goto failed;
     }
 
@@ -360,16 +377,93 @@ failed:
 }
 
 
+/*
+ * A relay named by its host name is looked up when nginx reads its
+ * configuration, in the master, as nginx does for proxy_pass: a worker
+ * must not wait for DNS.  A DNS change is followed on reload.
+ */
+
+ngx_int_t
+ngx_echelon_smtp_resolve(ngx_conf_t *cf, ngx_echelon_main_conf_t *emcf)
+{
+    size_t      skip;
+    ngx_str_t   host;
+    ngx_url_t   u;
+    in_port_t   port;
+
+    if (emcf->smtp_url.len > sizeof("smtps://") - 1
+        && ngx_strncasecmp(emcf->smtp_url.data, (u_char *) "smtps://",
+                           sizeof("smtps://") - 1) == 0)
+    {
+        skip = sizeof("smtps://") - 1;
+        port = 465;
+
+    } else {
+        skip = sizeof("smtp://") - 1;
+        port = 25;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.data = emcf->smtp_url.data + skip;
+    u.url.len = emcf->smtp_url.len - skip;
+    u.default_port = port;
+    u.uri_part = 1;
+    u.no_resolve = 1;
+
+    /* what is wrong with the URL, the worker says when it sends */
+
+    if (ngx_strlchr(u.url.data, u.url.data + u.url.len, '@')
+        || ngx_parse_url(cf->pool, &u) != NGX_OK)
+    {
+        return NGX_OK;
+    }
+
+    host = u.host;
+
+    if (host.len == 0
+        || host.data[0] == '['
+        || ngx_inet_addr(host.data, host.len) != INADDR_NONE
+        || (host.len == sizeof("localhost") - 1
+            && ngx_strncasecmp(host.data, (u_char *) "localhost",
+                               sizeof("localhost") - 1) == 0))
+    {
+        return NGX_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.data = emcf->smtp_url.data + skip;
+    u.url.len = emcf->smtp_url.len - skip;
+    u.default_port = port;
+    u.uri_part = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s in \"echelon_smtp_url\" \"%V\"",
+                           u.err ? u.err : "host not found", &emcf->smtp_url);
+        return NGX_ERROR;
+    }
+
+    emcf->smtp_addrs = &u.addrs[0];
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
-ngx_echelon_smtp_parse_url(ngx_echelon_smtp_t *smtp, ngx_str_t *url)
+ngx_echelon_smtp_parse_url(ngx_echelon_smtp_t *smtp,
+    ngx_echelon_main_conf_t *emcf)
 {
     u_char      *p;
     size_t       skip;
     ngx_int_t    rc;
-    ngx_str_t    host, path;
+    ngx_str_t    host, path, *url;
     ngx_url_t    u;
     in_port_t    port;
     ngx_pool_t  *pool;
+
+    url = &emcf->smtp_url;
 
     if (url->len > sizeof("smtps://") - 1
         && ngx_strncasecmp(url->data, (u_char *) "smtps://",
@@ -402,12 +496,13 @@ ngx_echelon_smtp_parse_url(ngx_echelon_smtp_t *smtp, ngx_str_t *url)
     u.uri_part = 1;
     u.no_resolve = 1;
 
-    /* Shortcoming: no AUTH; a URL with credentials fails sends transiently */
+    /* credentials have directives of their own, secrets may be env: */
 
     if (ngx_strlchr(u.url.data, u.url.data + u.url.len, '@')) {
         ngx_log_error(NGX_LOG_ERR, smtp->log, 0,
                       "echelon smtp: credentials in \"echelon_smtp_url\" "
-                      "are not supported");
+                      "are not read; use \"echelon_smtp_user\" and "
+                      "\"echelon_smtp_password\"");
         smtp->unusable = "invalid echelon_smtp_url";
         return NGX_DECLINED;
     }
@@ -441,28 +536,31 @@ ngx_echelon_smtp_parse_url(ngx_echelon_smtp_t *smtp, ngx_str_t *url)
         host.len -= 2;
     }
 
-    /* Shortcoming: names are not resolved yet; their sends fail transiently */
+    if (u.naddrs) {
+        smtp->literal = 1;
 
-    if (u.naddrs == 0) {
+    } else if (emcf->smtp_addrs) {
 
-        if (host.len != sizeof("localhost") - 1
-            || ngx_strncasecmp(host.data, (u_char *) "localhost",
-                               sizeof("localhost") - 1) != 0)
-        {
-            ngx_log_error(NGX_LOG_ERR, smtp->log, 0,
-                          "echelon smtp: \"echelon_smtp_url\" names the host "
-                          "\"%V\", only IP addresses and localhost are "
-                          "supported for now", &host);
-            smtp->unusable = "SMTP host must be an IP address";
-            return NGX_DECLINED;
-        }
+        /* a name, looked up when the configuration was read */
 
+        ngx_memcpy(&u.sockaddr, emcf->smtp_addrs->sockaddr,
+                   emcf->smtp_addrs->socklen);
+        u.socklen = emcf->smtp_addrs->socklen;
+
+    } else if (host.len == sizeof("localhost") - 1
+               && ngx_strncasecmp(host.data, (u_char *) "localhost",
+                                  sizeof("localhost") - 1) == 0)
+    {
         /* u.sockaddr has the family and the port already */
 
         u.sockaddr.sockaddr_in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 
     } else {
-        smtp->literal = 1;
+        ngx_log_error(NGX_LOG_ERR, smtp->log, 0,
+                      "echelon smtp: the host \"%V\" of "
+                      "\"echelon_smtp_url\" was not resolved", &host);
+        smtp->unusable = "the SMTP host was not resolved";
+        return NGX_DECLINED;
     }
 
     p = ngx_cpymem(smtp->host_data, host.data, host.len);
@@ -473,6 +571,20 @@ ngx_echelon_smtp_parse_url(ngx_echelon_smtp_t *smtp, ngx_str_t *url)
 
     ngx_memcpy(&smtp->sockaddr, &u.sockaddr, u.socklen);
     smtp->socklen = u.socklen;
+
+    switch (smtp->sockaddr.sockaddr.sa_family) {
+
+#if (NGX_HAVE_INET6)
+    case AF_INET6:
+        smtp->loopback = IN6_IS_ADDR_LOOPBACK(
+                             &smtp->sockaddr.sockaddr_in6.sin6_addr);
+        break;
+#endif
+
+    default:
+        smtp->loopback = (ntohl(smtp->sockaddr.sockaddr_in.sin_addr.s_addr)
+                          >> 24) == 127;
+    }
 
     smtp->name.data = smtp->name_data;
     smtp->name.len = ngx_sock_ntop(&smtp->sockaddr.sockaddr, smtp->socklen,
@@ -494,6 +606,52 @@ ngx_echelon_smtp_parse_url(ngx_echelon_smtp_t *smtp, ngx_str_t *url)
             return NGX_DECLINED;
         }
     }
+
+    return NGX_OK;
+}
+
+
+/* AUTH PLAIN's one command: the user and the password, in base64 */
+
+static ngx_int_t
+ngx_echelon_smtp_credentials(ngx_echelon_smtp_t *smtp,
+    ngx_echelon_main_conf_t *emcf)
+{
+    u_char     *p, plain[NGX_ECHELON_SMTP_COMMAND_LEN];
+    ngx_str_t   src, dst;
+
+    src.len = 1 + emcf->smtp_user.len + 1 + emcf->smtp_password.len;
+
+    if (src.len > sizeof(plain)
+        || sizeof("AUTH PLAIN " CRLF) - 1 + ngx_base64_encoded_length(src.len)
+           > sizeof(smtp->auth_data))
+    {
+        ngx_log_error(NGX_LOG_ERR, smtp->log, 0,
+                      "echelon smtp: \"echelon_smtp_user\" and "
+                      "\"echelon_smtp_password\" are too long");
+        smtp->unusable = "the SMTP credentials are too long";
+        return NGX_OK;
+    }
+
+    p = plain;
+    *p++ = '\0';
+    p = ngx_cpymem(p, emcf->smtp_user.data, emcf->smtp_user.len);
+    *p++ = '\0';
+    p = ngx_cpymem(p, emcf->smtp_password.data, emcf->smtp_password.len);
+
+    src.data = plain;
+
+    p = ngx_cpymem(smtp->auth_data, "AUTH PLAIN ", sizeof("AUTH PLAIN ") - 1);
+
+    dst.data = p;
+    ngx_encode_base64(&dst, &src);
+
+    p = ngx_cpymem(p + dst.len, CRLF, sizeof(CRLF) - 1);
+
+    smtp->auth.data = smtp->auth_data;
+    smtp->auth.len = p - smtp->auth_data;
+
+    ngx_explicit_memzero(plain, sizeof(plain));
 
     return NGX_OK;
 }
@@ -1332,7 +1490,7 @@ ngx_echelon_smtp_reply(ngx_echelon_smtp_transfer_t *t,
                                             t->command, p - t->command);
         }
 
-        return ngx_echelon_smtp_mail(t);
+        return ngx_echelon_smtp_login(t);
 
     case NGX_ECHELON_SMTP_HELO:
 
@@ -1340,14 +1498,14 @@ ngx_echelon_smtp_reply(ngx_echelon_smtp_transfer_t *t,
             return ngx_echelon_smtp_refused(t, r);
         }
 
-        return ngx_echelon_smtp_mail(t);
+        return ngx_echelon_smtp_login(t);
 
     case NGX_ECHELON_SMTP_STARTTLS:
 
         /* TLS when the server offers it, plain text if it then refuses */
 
         if (r->code != 220) {
-            return ngx_echelon_smtp_mail(t);
+            return ngx_echelon_smtp_login(t);
         }
 
         /* text sent before the handshake must not pass as sent under TLS */
@@ -1363,6 +1521,20 @@ ngx_echelon_smtp_reply(ngx_echelon_smtp_transfer_t *t,
         ngx_echelon_smtp_tls(t);
 
         return NGX_DONE;
+
+    case NGX_ECHELON_SMTP_AUTH:
+
+        /* the credentials, not the message, are refused: tried again later */
+
+        if (r->code != 235) {
+            ngx_echelon_smtp_error(t, "the SMTP server refused our "
+                                   "credentials: %V", &r->line);
+            return NGX_DONE;
+        }
+
+        t->session->authenticated = 1;
+
+        return ngx_echelon_smtp_mail(t);
 
     case NGX_ECHELON_SMTP_RSET:
 
@@ -1448,6 +1620,7 @@ ngx_echelon_smtp_extensions(ngx_echelon_smtp_transfer_t *t,
 
     s->starttls = 0;
     s->smtputf8 = 0;
+    s->plain = 0;
 
     /* the first line greets, each of the others names an extension */
 
@@ -1464,6 +1637,15 @@ ngx_echelon_smtp_extensions(ngx_echelon_smtp_transfer_t *t,
 
         if (ngx_echelon_smtp_offers(p, end, "SMTPUTF8")) {
             s->smtputf8 = 1;
+        }
+
+        /* "AUTH LOGIN PLAIN ...": the mechanisms follow the keyword */
+
+        if (ngx_echelon_smtp_offers(p, end, "AUTH")
+            && ngx_strlcasestrn(p + 4, end, (u_char *) " PLAIN",
+                                sizeof(" PLAIN") - 2) != NULL)
+        {
+            s->plain = 1;
         }
 
         p = lf + 1;
@@ -1506,6 +1688,42 @@ ngx_echelon_smtp_ehlo(ngx_echelon_smtp_transfer_t *t)
 }
 
 
+/*
+ * With credentials, AUTH PLAIN once a connection, before its first MAIL:
+ * under TLS, unless the server is on this machine; never in clear text
+ * over a network.
+ */
+
+static ngx_int_t
+ngx_echelon_smtp_login(ngx_echelon_smtp_transfer_t *t)
+{
+    ngx_echelon_smtp_t          *smtp;
+    ngx_echelon_smtp_session_t  *s;
+
+    smtp = t->smtp;
+    s = t->session;
+
+    if (smtp->auth.len == 0 || s->authenticated) {
+        return ngx_echelon_smtp_mail(t);
+    }
+
+    if (!s->tls && !smtp->loopback) {
+        ngx_echelon_smtp_error(t, "the SMTP server offers no TLS: the "
+                               "credentials are not sent in clear text");
+        return NGX_DONE;
+    }
+
+    if (!s->plain) {
+        ngx_echelon_smtp_error(t, "the SMTP server does not offer "
+                               "AUTH PLAIN");
+        return NGX_DONE;
+    }
+
+    return ngx_echelon_smtp_command(t, NGX_ECHELON_SMTP_AUTH,
+                                    smtp->auth.data, smtp->auth.len);
+}
+
+
 static ngx_int_t
 ngx_echelon_smtp_mail(ngx_echelon_smtp_transfer_t *t)
 {
@@ -1532,6 +1750,11 @@ ngx_echelon_smtp_command(ngx_echelon_smtp_transfer_t *t,
         ngx_log_debug2(NGX_LOG_DEBUG_EVENT, &t->log, 0,
                        "echelon smtp: message %V: >> %uz bytes of message",
                        &t->message_id, len);
+
+    } else if (state == NGX_ECHELON_SMTP_AUTH) {
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, &t->log, 0,
+                       "echelon smtp: message %V: >> AUTH PLAIN (hidden)",
+                       &t->message_id);
 
     } else {
         ngx_log_debug3(NGX_LOG_DEBUG_EVENT, &t->log, 0,

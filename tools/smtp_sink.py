@@ -7,6 +7,10 @@ one file in a Maildir (new/), with the SMTP envelope added as headers:
     X-Echelon-Envelope-From: <sender>
     X-Echelon-Envelope-To: <recipient>      (one line per accepted recipient)
     X-Echelon-Connection: <n>               (the connection's serial number)
+    X-Echelon-Auth: <user>                  (with --auth: who logged in)
+
+With --auth USER:PASSWORD, AUTH (PLAIN or LOGIN) with those credentials is
+required before MAIL; plain text is allowed, the sink being on loopback.
 
 With --test-rules, recipients are refused by the start of their local part:
 
@@ -32,7 +36,7 @@ import socket
 import sys
 import time
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 LOG = logging.getLogger("smtp_sink")
 SERVER_NAME = "echelon-smtp-sink.localhost"
@@ -74,6 +78,9 @@ class MaildirHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if session.authenticated:
+            envelope.echelon_user = session.auth_data.login.decode("utf-8",
+                                                                   "replace")
         name = self.store(envelope, self.connection(session))
         LOG.info("stored %s from <%s> to %s", name, envelope.mail_from,
                  ", ".join("<%s>" % r for r in envelope.rcpt_tos))
@@ -105,6 +112,8 @@ class MaildirHandler:
         head = ["X-Echelon-Envelope-From: <%s>" % envelope.mail_from]
         head += ["X-Echelon-Envelope-To: <%s>" % r for r in envelope.rcpt_tos]
         head += ["X-Echelon-Connection: %d" % connection]
+        if getattr(envelope, "echelon_user", None):
+            head += ["X-Echelon-Auth: %s" % envelope.echelon_user]
         body = envelope.original_content or b""
         data = ("\n".join(head) + "\n").encode("utf-8")
         data += body.replace(b"\r\n", b"\n")
@@ -129,6 +138,8 @@ def parse_args(argv):
     p.add_argument("--test-rules", action="store_true",
                    help="refuse reject*@ (550) and tempfail*@ (451); "
                         "close after hangup*@, 421 after expire*@")
+    p.add_argument("--auth", metavar="USER:PASSWORD",
+                   help="require AUTH with these credentials")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     return p.parse_args(argv)
 
@@ -137,9 +148,24 @@ async def serve(args):
     loop = asyncio.get_running_loop()
     handler = MaildirHandler(args.maildir, args.test_rules)
 
+    auth = {}
+    if args.auth:
+        user, _, password = args.auth.partition(":")
+
+        def check(server, session, envelope, mechanism, data):
+            ok = (isinstance(data, LoginPassword)
+                  and data.login == user.encode()
+                  and data.password == password.encode())
+            LOG.info("AUTH %s as %r: %s", mechanism,
+                     getattr(data, "login", b""), "ok" if ok else "refused")
+            return AuthResult(success=ok, handled=False, auth_data=data)
+
+        auth = dict(authenticator=check, auth_required=True,
+                    auth_require_tls=False)
+
     def factory():
         return SMTP(handler, hostname=SERVER_NAME, enable_SMTPUTF8=True,
-                    ident="Echelon SMTP sink")
+                    ident="Echelon SMTP sink", **auth)
 
     server = await loop.create_server(factory, host=args.host, port=args.port,
                                       family=socket.AF_INET,

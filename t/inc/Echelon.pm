@@ -138,12 +138,14 @@ sub with_server {
 }
 
 # An nginx.conf of our own under $dir: the module, the http{} directives
-# given, and the API on 127.0.0.1:$port; master and workers on request.
+# given, and the API on 127.0.0.1:$port; master and workers on request,
+# main-level directives (env ...) in main.
 sub write_conf {
     my ($dir, $port, $http, %o) = @_;
     my $module = env_or_die('TEST_NGINX_MODULE');
     my $master = $o{workers} ? 'on' : 'off';
     my $workers = $o{workers} || 1;
+    my $main = $o{main} || '';
 
     remove_tree($dir);
     make_path("$dir/conf", "$dir/logs", "$dir/tmp");
@@ -151,6 +153,7 @@ sub write_conf {
     open(my $fh, '>', "$dir/conf/nginx.conf") or die $!;
     print $fh <<"CONF";
 load_module $module;
+$main
 daemon on;
 master_process $master;
 worker_processes $workers;
