@@ -20,6 +20,7 @@
 #define NGX_ECHELON_MAX_PARAMS      16
 
 #define NGX_HTTP_UNPROCESSABLE_ENTITY  422
+#define NGX_ECHELON_PROVIDER_ID_MAX    255
 
 #define NGX_ECHELON_LOC_API         1
 #define NGX_ECHELON_LOC_WEBHOOKS    2
@@ -327,6 +328,7 @@ ngx_int_t ngx_echelon_parse_body(ngx_echelon_ctx_t *ctx);
 json_t *ngx_echelon_json_str(ngx_str_t *s);
 json_t *ngx_echelon_json_text(u_char *text, size_t len);
 ngx_int_t ngx_echelon_id_valid(ngx_str_t *id);
+ngx_int_t ngx_echelon_provider_id_valid(u_char *p, size_t len);
 ngx_int_t ngx_echelon_hmac(const char *digest, ngx_str_t *key,
     ngx_str_t *parts, ngx_uint_t nparts, u_char *md, size_t *len);
 json_t *ngx_echelon_json_column(PGresult *res, int row, const char *column);

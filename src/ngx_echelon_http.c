@@ -989,3 +989,24 @@ ngx_echelon_errors_handler(ngx_http_request_t *r)
     return ngx_echelon_send_error(r, status, "internal_error",
                                   "the server met an error", NULL);
 }
+
+
+/* a provider's message id as we keep it: 1 to 255 printable ASCII bytes */
+
+ngx_int_t
+ngx_echelon_provider_id_valid(u_char *p, size_t len)
+{
+    u_char  *last;
+
+    if (len == 0 || len > NGX_ECHELON_PROVIDER_ID_MAX) {
+        return 0;
+    }
+
+    for (last = p + len; p < last; p++) {
+        if (*p <= ' ' || *p >= 0x7f) {
+            return 0;
+        }
+    }
+
+    return 1;
+}

@@ -17,6 +17,7 @@
 
 #define NGX_ECHELON_FINISH_RETRY   1000
 #define NGX_ECHELON_FINISH_MAX     500
+#define NGX_ECHELON_REASON_SHORT   200
 
 /* sent, waiting for their results to be written: at most batches of them */
 #define NGX_ECHELON_WRITING_MAX    4
@@ -43,6 +44,7 @@ typedef struct {
     char                        limit[NGX_INT_T_LEN + 1];
     ngx_uint_t                  nlimit;
     char                        lease[NGX_INT_T_LEN + 1];
+    char                        attempts[NGX_INT_T_LEN + 1];
     unsigned                    claiming:1;
     unsigned                    again:1;
     unsigned                    flushing_now:1;
@@ -75,6 +77,7 @@ typedef struct {
     unsigned                    retrying:1;
     unsigned                    sending:1;  /* counted in nsending */
     unsigned                    alone:1;    /* failed in a group */
+    unsigned                    degraded:1; /* failed alone as well */
 } ngx_echelon_job_t;
 
 
@@ -136,6 +139,7 @@ ngx_echelon_scheduler_start(ngx_cycle_t *cycle,
 
     ngx_sprintf((u_char *) sched->lease, "%M%Z",
                 emcf->scheduler_lease / 1000);
+    ngx_sprintf((u_char *) sched->attempts, "%ui%Z", emcf->max_attempts);
 
     sched->tick.handler = ngx_echelon_sched_tick;
     sched->tick.data = sched;
@@ -245,6 +249,8 @@ ngx_echelon_sched_tick(ngx_event_t *ev)
     sched->query.handler = ngx_echelon_sched_rescued;
     sched->query.data = sched;
     sched->query.log = sched->log;
+
+    ngx_echelon_pg_param_cstr(&sched->query, sched->attempts);
 
     ngx_echelon_pg_query(sched->emcf->pool, &sched->query);
 }
@@ -928,11 +934,37 @@ failed:
 static json_t *
 ngx_echelon_job_result(ngx_echelon_job_t *job)
 {
+    u_char  *p;
     json_t  *o;
 
     o = json_object();
     if (o == NULL) {
         return NULL;
+    }
+
+    /*
+     * A result the database refused even alone is written once more with
+     * only what the delivery's state needs: the status, the retry, the
+     * outcome, and a reason kept short.
+     */
+
+    if (job->degraded) {
+        if (job->reason.len > NGX_ECHELON_REASON_SHORT) {
+            p = ngx_pnalloc(job->pool, NGX_ECHELON_REASON_SHORT + 1);
+            if (p == NULL) {
+                json_decref(o);
+                return NULL;
+            }
+
+            *ngx_cpymem(p, job->reason.data, NGX_ECHELON_REASON_SHORT) = '\0';
+            job->reason.data = p;
+            job->reason.len = NGX_ECHELON_REASON_SHORT;
+        }
+
+        ngx_str_null(&job->address);
+        ngx_str_null(&job->subject);
+        ngx_str_null(&job->body);
+        ngx_str_null(&job->provider_id);
     }
 
     if (json_object_set_new(o, "id", ngx_echelon_json_cstr(
@@ -1016,15 +1048,33 @@ ngx_echelon_sched_flushed(ngx_echelon_pg_query_t *q, PGresult *res)
             continue;
         }
 
-        if (q->status == NGX_ECHELON_PG_FAILED && !job->alone) {
-            job->alone = 1;
+        if (q->status == NGX_ECHELON_PG_FAILED) {
+
+            if (job->degraded) {
+                ngx_log_error(NGX_LOG_ERR, sched->log, 0,
+                              "echelon: the result of delivery %V cannot be "
+                              "stored; it is due again when its lease runs "
+                              "out", &job->id);
+                ngx_echelon_job_free(job);
+                continue;
+            }
+
+            if (job->alone) {
+                job->degraded = 1;
+
+            } else {
+                job->alone = 1;
+            }
+
             n++;
         }
 
         ngx_queue_insert_tail(&sched->finishing, qe);
     }
 
-    if (n > 1) {
+    /* refused: written again at once, apart; unavailable: a second later */
+
+    if (n) {
         ngx_echelon_sched_flush(sched);
         return;
     }

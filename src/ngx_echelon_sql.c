@@ -1222,13 +1222,30 @@ ngx_echelon_sql_t  ngx_echelon_sql[] = {
       "UPDATE idempotency_keys SET status = $3::integer, response = $4"
       " WHERE account_id = $1 AND key = $2 AND $3::integer IS NOT NULL", 4 },
 
-    /* NGX_ECHELON_SQL_RESCUE: claims whose lease ran out go back */
+    /*
+     * NGX_ECHELON_SQL_RESCUE: $1 max attempts; claims whose lease ran out
+     * go back, each counted as an attempt whose result is unknown, so that
+     * a delivery whose result can never be stored ends after the last
+     */
     { "echelon_rescue",
-      "UPDATE deliveries SET status = 'scheduled', lease_until = NULL,"
-      "       claim_token = NULL, updated_at = now() "
-      " WHERE id IN (SELECT id FROM deliveries"
-      "               WHERE status = 'sending' AND lease_until < now()"
-      "               LIMIT 1000 FOR UPDATE SKIP LOCKED)", 0 },
+      "WITH r AS ("
+      "  UPDATE deliveries SET attempts = attempts + 1,"
+      "         status = CASE WHEN attempts + 1 >= $1::integer"
+      "                       THEN 'failed' ELSE 'scheduled' END,"
+      "         reason = CASE WHEN attempts + 1 >= $1::integer"
+      "                       THEN 'gave up after ' || (attempts + 1)"
+      "                            || ' attempts: the result of the last'"
+      "                            || ' was never stored'"
+      "                       ELSE reason END,"
+      "         lease_until = NULL, claim_token = NULL, updated_at = now()"
+      "   WHERE id IN (SELECT id FROM deliveries"
+      "                 WHERE status = 'sending' AND lease_until < now()"
+      "                 LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+      "  RETURNING id, attempts) "
+      "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error) "
+      "SELECT id, attempts, 'transient',"
+      "       'its lease ran out before its result was stored' FROM r "
+      "ON CONFLICT DO NOTHING", 1 },
 
     /*
      * NGX_ECHELON_SQL_CLAIM: $1 batch, $2 lease seconds; returns each

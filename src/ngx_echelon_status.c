@@ -22,6 +22,8 @@ static ngx_int_t ngx_echelon_status_stored(ngx_echelon_ctx_t *ctx,
 static ngx_int_t ngx_echelon_form_value(ngx_http_request_t *r,
     ngx_str_t *body, const char *name, ngx_str_t *value);
 static const char *ngx_echelon_twilio_status(ngx_str_t *status);
+static json_t *ngx_echelon_twilio_reason(ngx_str_t *code,
+    ngx_str_t *message);
 
 
 ngx_int_t
@@ -118,6 +120,13 @@ ngx_echelon_twilio_body(ngx_http_request_t *r)
         return;
     }
 
+    if (!ngx_echelon_provider_id_valid(sid.data, sid.len)) {
+        ngx_echelon_finish(ctx, ngx_echelon_send_error(r,
+                               NGX_HTTP_BAD_REQUEST, "invalid_field",
+                               "MessageSid is not a message id", NULL));
+        return;
+    }
+
     st = ngx_echelon_twilio_status(&status);
 
     list = json_array();
@@ -128,16 +137,42 @@ ngx_echelon_twilio_body(ngx_http_request_t *r)
                       "id", sid.data, sid.len,
                       "status", st,
                       "reason", code.data
-                                ? json_sprintf("Twilio error %.*s%s%.*s",
-                                               (int) code.len, code.data,
-                                               message.data ? ": " : "",
-                                               (int) message.len,
-                                               message.data ? (char *)
-                                                   message.data : "")
+                                ? ngx_echelon_twilio_reason(&code, &message)
                                 : json_null()));
     }
 
     ngx_echelon_status_store(ctx, list);
+}
+
+
+/*
+ * "Twilio error 30003: Unreachable destination handset": the provider's
+ * words, at most 200 bytes of them, control characters as spaces and what
+ * is not UTF-8 as U+FFFD, so that any error text can be stored
+ */
+
+static json_t *
+ngx_echelon_twilio_reason(ngx_str_t *code, ngx_str_t *message)
+{
+    u_char  *p, *q, *last, text[256];
+
+    last = text + sizeof(text);
+
+    p = ngx_slprintf(text, last, "Twilio error %*s",
+                     ngx_min(code->len, 16), code->data);
+
+    if (message->data) {
+        p = ngx_slprintf(p, last, ": %*s", ngx_min(message->len, 200),
+                         message->data);
+    }
+
+    for (q = text; q < p; q++) {
+        if (*q < ' ' || *q == 0x7f) {
+            *q = ' ';
+        }
+    }
+
+    return ngx_echelon_json_text(text, p - text);
 }
 
 
@@ -235,7 +270,7 @@ static void
 ngx_echelon_meta_body(ngx_http_request_t *r)
 {
     size_t               i, j, k;
-    json_t              *entry, *change, *status, *list, *errors, *st;
+    json_t              *entry, *change, *status, *list, *errors, *st, *id;
     json_t              *statuses;
     ngx_int_t            rc;
     ngx_str_t            s;
@@ -286,8 +321,12 @@ ngx_echelon_meta_body(ngx_http_request_t *r)
             json_array_foreach(statuses, k, status) {
                 st = json_object_get(status, "status");
 
-                if (!json_is_string(st)
-                    || !json_is_string(json_object_get(status, "id")))
+                id = json_object_get(status, "id");
+
+                if (!json_is_string(st) || !json_is_string(id)
+                    || !ngx_echelon_provider_id_valid(
+                           (u_char *) json_string_value(id),
+                           json_string_length(id)))
                 {
                     continue;
                 }

@@ -312,9 +312,21 @@ ngx_echelon_text_answered(void *data, ngx_echelon_fetch_res_t *res)
                                               0), "id")
              : json_object_get(json, "sid");
 
-        if (json_is_string(id)) {
+        /* sent all the same; an id we cannot keep is only logged */
+
+        if (json_is_string(id)
+            && ngx_echelon_provider_id_valid((u_char *) json_string_value(id),
+                                             json_string_length(id)))
+        {
             provider_id.data = (u_char *) json_string_value(id);
             provider_id.len = json_string_length(id);
+
+        } else {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "echelon: a message accepted by the provider "
+                          "without a message id we can keep (1 to %d "
+                          "printable ASCII bytes)",
+                          NGX_ECHELON_PROVIDER_ID_MAX);
         }
 
         ngx_str_set(&reason, "accepted by the provider");

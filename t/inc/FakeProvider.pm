@@ -9,6 +9,7 @@ package FakeProvider;
 #   ...0400  400 with the provider's error  ...0000  no answer (hang)
 #   ...7xxx  the usual answer, 300 ms late
 #   ...0104  the connection reset (RST) once the request is read
+#   ...0256  accepted, with a message id of 20 KB
 #   anything else: 201 (Twilio) or 200 (Meta) with a message id
 
 use strict;
@@ -123,6 +124,9 @@ sub serve {
                 ? { error => { code => 100, message => 'Invalid parameter' } }
                 : { code => 21211,
                     message => "The 'To' number is not a valid phone number." };
+        } elsif ($to =~ /0256$/) {
+            ($status, $extra) = ('201 Created', '');
+            $answer = { sid => 'SM' . ('x' x 20000), status => 'queued' };
         } elsif ($path =~ m{/messages$}) {
             ($status, $extra) = ('200 OK', '');
             $answer = { messaging_product => 'whatsapp',
