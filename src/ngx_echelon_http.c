@@ -952,8 +952,13 @@ static ngx_echelon_error_page_t  ngx_echelon_error_pages[] = {
       "the request body is too large" },
     { NGX_HTTP_REQUEST_URI_TOO_LARGE, "uri_too_long",
       "the request URI is too long" },
+    { NGX_HTTP_NOT_IMPLEMENTED, "not_implemented",
+      "this request uses something the server does not implement, such as "
+      "a transfer coding" },
     { NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable",
       "the service is unavailable; try again shortly" },
+    { NGX_HTTP_VERSION_NOT_SUPPORTED, "http_version_not_supported",
+      "this HTTP version is not supported" },
     { 0, NULL, NULL }
 };
 

@@ -198,7 +198,7 @@ Echelon::stripe_headers($main::long_id)
 
 === TEST 13: a URI too long for nginx is a JSON 414 through echelon_errors
 --- config
-    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
     location = /.echelon/error { internal; echelon_errors; }
     location /v1/ { echelon_api; }
 --- request eval
@@ -213,7 +213,7 @@ Content-Type: application/json
 
 === TEST 14: a header line nginx cannot read is a JSON 400, not HTML
 --- config
-    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
     location = /.echelon/error { internal; echelon_errors; }
     location /v1/ { echelon_api; }
 --- request
@@ -230,7 +230,7 @@ Content-Type: application/json
 
 === TEST 15: TRACE, refused by nginx itself, is a JSON 405
 --- config
-    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
     location = /.echelon/error { internal; echelon_errors; }
     location /v1/ { echelon_api; }
 --- request
@@ -243,7 +243,7 @@ TRACE /v1/account
 
 === TEST 16: nginx's own 413 (client_max_body_size, outside our locations) is JSON too
 --- config
-    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
     location = /.echelon/error { internal; echelon_errors; }
     location /v1/ { echelon_api; }
     location /upload/ { client_max_body_size 1k; return 204; }
@@ -257,7 +257,7 @@ TRACE /v1/account
 
 === TEST 17: a path outside the API is a JSON 404, and so is the error page itself
 --- config
-    error_page 400 404 405 408 413 414 500 502 503 504 /.echelon/error;
+    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
     location = /.echelon/error { internal; echelon_errors; }
     location /v1/ { echelon_api; }
 --- request
@@ -265,3 +265,34 @@ GET /.echelon/error
 --- error_code: 404
 --- response_body
 {"error":{"code":"not_found","message":"there is nothing here"}}
+
+
+
+=== TEST 18: a header line over nginx's buffers (its 494) is a JSON 400
+--- config
+    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
+    location = /.echelon/error { internal; echelon_errors; }
+    location /v1/ { echelon_api; }
+--- request
+GET /v1/account
+--- more_headers eval
+"X-Big: " . ("a" x 9000)
+--- error_code: 400
+--- response_headers
+Content-Type: application/json
+--- response_body_like: "code":"bad_request"
+
+
+
+=== TEST 19: a transfer coding nginx does not know (its 501) is JSON
+--- config
+    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
+    location = /.echelon/error { internal; echelon_errors; }
+    location /v1/ { echelon_api; }
+--- request
+POST /v1/contacts
+{}
+--- more_headers
+Transfer-Encoding: gzip
+--- error_code: 501
+--- response_body_like: "code":"not_implemented"
