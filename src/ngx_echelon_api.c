@@ -621,11 +621,11 @@ ngx_echelon_idempotency_begin(ngx_echelon_ctx_t *ctx)
     r = ctx->request;
     h = ngx_echelon_find_header(r, "Idempotency-Key");
 
-    if (h->value.len == 0 || h->value.len > 255) {
+    if (!ngx_echelon_provider_id_valid(h->value.data, h->value.len)) {
         return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
                                   "invalid_idempotency_key", NULL,
-                                  "an Idempotency-Key is 1 to 255 "
-                                  "characters");
+                                  "an Idempotency-Key is 1 to 255 printable "
+                                  "ASCII characters, without spaces");
     }
 
     if (ngx_echelon_body_bytes(r, &ctx->body) != NGX_OK) {
@@ -646,6 +646,8 @@ ngx_echelon_idempotency_begin(ngx_echelon_ctx_t *ctx)
         || !EVP_DigestUpdate(md_ctx, r->method_name.data,
                              r->method_name.len)
         || !EVP_DigestUpdate(md_ctx, r->uri.data, r->uri.len)
+        || !EVP_DigestUpdate(md_ctx, "?", 1)
+        || !EVP_DigestUpdate(md_ctx, r->args.data, r->args.len)
         || !EVP_DigestUpdate(md_ctx, "\n", 1)
         || !EVP_DigestUpdate(md_ctx, ctx->body.data, ctx->body.len)
         || !EVP_DigestFinal_ex(md_ctx, md, &len))

@@ -304,3 +304,25 @@ POST /v1/employees
 $main::json
 --- error_code: 422
 --- response_body_like: "code":"duplicate_value"
+
+
+
+=== TEST 25: the same key on another query string is a conflict, not the stored answer
+--- request
+POST /v1/contacts?x=1
+{"name": "Ida Idem", "email": "ida@example.com"}
+--- more_headers eval
+"$main::json\nIdempotency-Key: key-ida-1"
+--- error_code: 409
+--- response_body_like: "code":"idempotency_key_reused"
+
+
+
+=== TEST 26: an Idempotency-Key that is not printable ASCII is a 400, not a 500
+--- request
+POST /v1/contacts
+{"name": "Key Bytes"}
+--- more_headers eval
+"$main::json\nIdempotency-Key: k\xff\xfe"
+--- error_code: 400
+--- response_body_like: "code":"invalid_idempotency_key"
