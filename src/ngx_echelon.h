@@ -304,6 +304,8 @@ struct ngx_echelon_ctx_s {
 
     /* the JSON of one row, for an answer of one resource */
     json_t                   *(*item)(PGresult *res, int row);
+
+    unsigned                    unknown_id:1;   /* path[2] cannot be ours */
 };
 
 

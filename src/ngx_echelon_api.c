@@ -422,13 +422,13 @@ ngx_echelon_api_route(ngx_echelon_ctx_t *ctx, ngx_int_t *rc)
             || (rt->method == NGX_HTTP_GET
                 && ctx->request->method == NGX_HTTP_HEAD))
         {
-            /* an id that cannot be ours is as unknown as any other */
+            /*
+             * an id that cannot be ours is as unknown as any other: looked
+             * for as one that exists nowhere, once the key is checked
+             */
 
             if (ctx->nparts > 2 && !ngx_echelon_id_valid(&ctx->path[2])) {
-                *rc = ngx_echelon_reject(ctx, NGX_HTTP_NOT_FOUND,
-                                         "not_found", NULL,
-                                         "no such %V", &ctx->path[1]);
-                return NULL;
+                ctx->unknown_id = 1;
             }
 
             return rt;
@@ -3459,6 +3459,14 @@ ngx_echelon_is_code(ngx_str_t *code)
 static ngx_int_t
 ngx_echelon_param(ngx_echelon_ctx_t *ctx, ngx_str_t *v)
 {
+    static ngx_str_t  none = ngx_string("none");
+
+    /* an id that cannot be ours is looked for as one that is nowhere */
+
+    if (v == &ctx->path[2] && ctx->unknown_id) {
+        v = &none;
+    }
+
     return ngx_echelon_pg_param(&ctx->query, ctx->request->pool, v);
 }
 

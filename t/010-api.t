@@ -378,6 +378,24 @@ $main::auth
 
 
 
+=== TEST 29a: an id that cannot be ours, without a key, is 401 first
+--- request
+GET /v1/employees/bad.id/activity
+--- error_code: 401
+--- response_body_like: "code":"unauthorized"
+
+
+
+=== TEST 29a2: and with the key, the 404 of any unknown id
+--- request
+GET /v1/deliveries/bad.id
+--- more_headers eval
+$main::auth
+--- error_code: 404
+--- response_body_like: "code":"not_found","message":"no delivery with the id \\"bad.id\\""
+
+
+
 === TEST 29b: the Allow header names HEAD beside GET
 --- request
 DELETE /v1/account
