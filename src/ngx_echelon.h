@@ -331,6 +331,7 @@ json_t *ngx_echelon_json_str(ngx_str_t *s);
 json_t *ngx_echelon_json_text(u_char *text, size_t len);
 ngx_int_t ngx_echelon_id_valid(ngx_str_t *id);
 ngx_int_t ngx_echelon_provider_id_valid(u_char *p, size_t len);
+ngx_int_t ngx_echelon_time_valid(ngx_str_t *v, ngx_uint_t day);
 ngx_int_t ngx_echelon_hmac(const char *digest, ngx_str_t *key,
     ngx_str_t *parts, ngx_uint_t nparts, u_char *md, size_t *len);
 json_t *ngx_echelon_json_column(PGresult *res, int row, const char *column);

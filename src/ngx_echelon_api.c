@@ -1851,6 +1851,16 @@ ngx_echelon_feed_args(ngx_echelon_ctx_t *ctx, ngx_echelon_feed_t *feed,
         return NGX_ERROR;
     }
 
+    if (a->since.data && !ngx_echelon_time_valid(&a->since, 1)) {
+        if (rc) {
+            *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
+                                     "invalid_parameter", "since",
+                                     "\"since\" must be an RFC 3339 time");
+        }
+
+        return NGX_DECLINED;
+    }
+
     if (a->contact.data && !ngx_echelon_id_valid(&a->contact)) {
         if (rc) {
             *rc = ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
@@ -2547,13 +2557,13 @@ ngx_echelon_invoice_create(ngx_echelon_ctx_t *ctx)
                                   "\"url\" must be an http or https URL");
     }
 
-    /* an RFC 3339 time or a date: the database reads and checks it */
+    /* an RFC 3339 time or a date, by its shape; the database checks more */
 
     due = json_object_get(ctx->json, "due_date");
     ngx_str_null(&due_text);
 
     if (due && !json_is_null(due)) {
-        if (!json_is_string(due) || json_string_length(due) > 40) {
+        if (!json_is_string(due)) {
             return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
                                       "invalid_type", "due_date",
                                       "\"due_date\" must be an RFC 3339 "
@@ -2562,6 +2572,13 @@ ngx_echelon_invoice_create(ngx_echelon_ctx_t *ctx)
 
         due_text.data = (u_char *) json_string_value(due);
         due_text.len = json_string_length(due);
+
+        if (!ngx_echelon_time_valid(&due_text, 1)) {
+            return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                      "invalid_date", "due_date",
+                                      "\"due_date\" must be an RFC 3339 "
+                                      "time or a date (YYYY-MM-DD)");
+        }
     }
 
     ngx_echelon_pg_param_cstr(&ctx->query, (const char *) contact.data);

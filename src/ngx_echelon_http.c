@@ -1015,3 +1015,73 @@ ngx_echelon_provider_id_valid(u_char *p, size_t len)
 
     return 1;
 }
+
+
+/*
+ * An RFC 3339 time, 2026-12-04T10:00:00Z with maybe fractions of a second
+ * and an offset instead of Z, or, where a day will do, 2026-12-04.  Only
+ * the shape: the database checks the ranges when it reads the time.
+ */
+
+ngx_int_t
+ngx_echelon_time_valid(ngx_str_t *v, ngx_uint_t day)
+{
+    u_char      *p, *last;
+    ngx_uint_t   i;
+
+    static const char  date[] = "dddd-dd-dd";
+    static const char  time[] = "dd:dd:dd";
+    static const char  zone[] = "dd:dd";
+
+    p = v->data;
+    last = p + v->len;
+
+#define ngx_echelon_shape(shape)                                              \
+    for (i = 0; i < sizeof(shape) - 1; i++, p++) {                            \
+        if (p == last                                                         \
+            || (shape[i] == 'd' ? (*p < '0' || *p > '9') : *p != shape[i]))   \
+        {                                                                     \
+            return 0;                                                         \
+        }                                                                     \
+    }
+
+    ngx_echelon_shape(date);
+
+    if (p == last) {
+        return day;
+    }
+
+    if (*p != 'T' && *p != 't') {
+        return 0;
+    }
+
+    p++;
+
+    ngx_echelon_shape(time);
+
+    if (p < last && *p == '.') {
+        for (p++, i = 0; p < last && *p >= '0' && *p <= '9'; p++, i++) {
+            /* void */
+        }
+
+        if (i == 0) {
+            return 0;
+        }
+    }
+
+    if (p < last && (*p == 'Z' || *p == 'z')) {
+        return p + 1 == last;
+    }
+
+    if (p == last || (*p != '+' && *p != '-')) {
+        return 0;
+    }
+
+    p++;
+
+    ngx_echelon_shape(zone);
+
+#undef ngx_echelon_shape
+
+    return p == last;
+}

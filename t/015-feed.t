@@ -366,6 +366,22 @@ $main::auth
 
 
 
+=== TEST 17b: since holds to RFC 3339: no words PostgreSQL would read, no NUL
+--- request eval
+["GET /v1/employees/$main::emp/activity?since=infinity",
+ "GET /v1/employees/$main::emp/activity?since=epoch",
+ "GET /v1/employees/$main::emp/activity?since=2020-01-01%00junk",
+ "GET /v1/employees/$main::emp/activity?since=2026-01-02T03:05:00.123%2B01:00"]
+--- more_headers eval
+$main::auth
+--- error_code eval
+[400, 400, 400, 200]
+--- response_body_like eval
+[qr/"field":"since"/, qr/"field":"since"/, qr/"field":"since"/,
+ qr/^\{"data":/]
+
+
+
 === TEST 18: an unknown employee or contact is 404 before its parameters
 --- request eval
 ["GET /v1/employees/emp_nope/activity?limit=0",

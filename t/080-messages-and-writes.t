@@ -326,3 +326,14 @@ POST /v1/contacts
 "$main::json\nIdempotency-Key: k\xff\xfe"
 --- error_code: 400
 --- response_body_like: "code":"invalid_idempotency_key"
+
+
+
+=== TEST 27: a due date PostgreSQL would read but RFC 3339 does not have is 422
+--- request
+POST /v1/invoices
+{"contact": "ctc_none", "number": "INF-1", "amount_due": 100, "currency": "usd", "due_date": "infinity"}
+--- more_headers eval
+"$main::json"
+--- error_code: 422
+--- response_body_like: "code":"invalid_date"
