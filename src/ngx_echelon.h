@@ -436,6 +436,7 @@ ngx_echelon_smtp_t *ngx_echelon_smtp_create(ngx_cycle_t *cycle,
 ngx_int_t ngx_echelon_smtp_resolve(ngx_conf_t *cf,
     ngx_echelon_main_conf_t *emcf);
 void ngx_echelon_smtp_destroy(ngx_echelon_smtp_t *smtp);
+ngx_int_t ngx_echelon_smtp_sender_valid(ngx_str_t *from);
 ngx_int_t ngx_echelon_smtp_send(ngx_echelon_smtp_t *smtp,
     ngx_echelon_mail_t *mail, ngx_echelon_smtp_done_pt done, void *data);
 

@@ -1047,7 +1047,8 @@ ngx_echelon_channel_put(ngx_echelon_ctx_t *ctx)
                                   &ctx->account_plan, &kind);
     }
 
-    if (kind.data[0] == 'e' ? !ngx_echelon_email_valid(&from)
+    if (kind.data[0] == 'e' ? (!ngx_echelon_email_valid(&from)
+                               || !ngx_echelon_smtp_sender_valid(&from))
                             : !ngx_echelon_phone_valid(&from))
     {
         return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,

@@ -313,6 +313,19 @@ static char  *ngx_echelon_smtp_months[] = { "Jan", "Feb", "Mar", "Apr",
                                             "Sep", "Oct", "Nov", "Dec" };
 
 
+/* whether a "From" would be sent as it is, for the API to check first */
+
+ngx_int_t
+ngx_echelon_smtp_sender_valid(ngx_str_t *from)
+{
+    ngx_echelon_smtp_mailbox_t  mb;
+
+    ngx_echelon_smtp_mailbox(from, &mb);
+
+    return ngx_echelon_smtp_valid_address(&mb.addr) == NGX_OK;
+}
+
+
 ngx_echelon_smtp_t *
 ngx_echelon_smtp_create(ngx_cycle_t *cycle, ngx_echelon_main_conf_t *emcf)
 {

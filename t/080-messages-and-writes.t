@@ -337,3 +337,14 @@ POST /v1/invoices
 "$main::json"
 --- error_code: 422
 --- response_body_like: "code":"invalid_date"
+
+
+
+=== TEST 28: an email sender that sending would refuse is refused at once
+--- request
+PUT /v1/channels/email
+{"from": "a\"b@acme.test"}
+--- more_headers eval
+"$main::json"
+--- error_code: 422
+--- response_body_like: "code":"invalid_value","message":"\\"from\\" must be an email address
