@@ -353,8 +353,6 @@ ngx_echelon_json_text(u_char *text, size_t len)
         dst = ngx_cpymem(dst, ch.data, ch.len);
     }
 
-    /* jansson refuses what ngx_echelon_utf8_char() declined: "" then */
-
     s = json_stringn((const char *) out, dst - out);
     ngx_free(out);
 
@@ -364,17 +362,17 @@ ngx_echelon_json_text(u_char *text, size_t len)
 
 /*
  * The next character of text at *p, as ngx_echelon_json_text() keeps it:
- * its bytes, or U+FFFD for a byte that does not start one.  NGX_DECLINED:
- * ngx_utf8_decode() took a sequence that is not UTF-8 all the same (a
- * continuation byte from 0xc0, a first byte from 0xf8), one that jansson
- * refuses, and with it the whole string.
+ * its bytes when they are UTF-8 by the letter (no overlong form, no
+ * surrogate, continuation bytes 0x80-0xbf, at most U+10FFFF), or else
+ * U+FFFD for the first byte, the next one starting afresh.
  */
 
 static ngx_int_t
 ngx_echelon_utf8_char(u_char **p, u_char *last, ngx_str_t *ch)
 {
     u_char    *start, *b;
-    uint32_t   c;
+    size_t     n;
+    uint32_t   c, min;
 
     start = *p;
     ch->data = start;
@@ -385,26 +383,38 @@ ngx_echelon_utf8_char(u_char **p, u_char *last, ngx_str_t *ch)
         return NGX_OK;
     }
 
-    c = ngx_utf8_decode(p, last - start);
+    n = (*start >= 0xc2 && *start < 0xe0) ? 2
+        : (*start >= 0xe0 && *start < 0xf0) ? 3
+        : (*start >= 0xf0 && *start < 0xf5) ? 4 : 0;
 
-    if (c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) {
-        ch->data = (u_char *) "\xef\xbf\xbd";
-        ch->len = 3;
-        *p = start + 1;
-        return NGX_OK;
+    if (n == 0 || (size_t) (last - start) < n) {
+        goto invalid;
     }
 
-    ch->len = *p - start;
-
-    if (*start >= 0xf8) {
-        return NGX_DECLINED;
-    }
-
-    for (b = start + 1; b < *p; b++) {
-        if (*b >= 0xc0) {
-            return NGX_DECLINED;
+    for (b = start + 1; b < start + n; b++) {
+        if ((*b & 0xc0) != 0x80) {
+            goto invalid;
         }
     }
+
+    c = ngx_utf8_decode(p, n);
+    min = (n == 2) ? 0x80 : (n == 3) ? 0x800 : 0x10000;
+
+    if (*p != start + n || c < min || c > 0x10ffff
+        || (c >= 0xd800 && c <= 0xdfff))
+    {
+        goto invalid;
+    }
+
+    ch->len = n;
+
+    return NGX_OK;
+
+invalid:
+
+    ch->data = (u_char *) "\xef\xbf\xbd";
+    ch->len = 3;
+    *p = start + 1;
 
     return NGX_OK;
 }

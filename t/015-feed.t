@@ -97,7 +97,8 @@ our $d1 = q|{"id":"dlv_feed_1","trigger":"trg_feed_1",|
 our $d2 = q|{"id":"dlv_feed_2","trigger":"trg_feed_1",|
     . q|"event":"invoice.issued","channel":"sms",|
     . q|"contact":{"id":"ctc_feed_a","name":"| . $name_a
-    . q|","address":null},"invoice":null,"status":"skipped","reason":"",|
+    . q|","address":null},"invoice":null,"status":"skipped",|
+    . q|"reason":"poison | . "$R$R$R" . q| x",|
     . q|"attempts":0,"due_at":"2026-01-02T03:05:00Z","sent_at":null,|
     . q|"delivered_at":null,"created_at":"2026-01-02T03:05:00Z",|
     . q|"subject":"S2"}|;
@@ -108,7 +109,8 @@ our $d3 = q|{"id":"dlv_feed_3","trigger":"trg_feed_1",|
     . q|"reason":null,"attempts":1,"due_at":"2026-01-02T03:06:00Z",|
     . q|"sent_at":"2026-01-02T03:06:01Z",|
     . q|"delivered_at":"2026-01-02T03:06:02Z",|
-    . q|"created_at":"2026-01-02T03:06:00Z","subject":""}|;
+    . q|"created_at":"2026-01-02T03:06:00Z",|
+    . q|"subject":"| . "$R$R$R$R" . q| x"}|;
 
 sub page {
     my ($more, $next, @items) = @_;
