@@ -120,6 +120,7 @@ typedef struct {
     ngx_str_t                   headers;    /* "Name: value\r\n"... */
     ngx_str_t                   body;
     ngx_msec_t                  timeout;    /* the whole exchange */
+    unsigned                    idempotent:1;   /* safe to send twice */
 } ngx_echelon_fetch_req_t;
 
 

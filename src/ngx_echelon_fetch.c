@@ -156,6 +156,7 @@ struct ngx_echelon_fetch_exchange_s {
     unsigned                        complete:1;
     unsigned                        reused:1;
     unsigned                        retried:1;
+    unsigned                        idempotent:1;
     unsigned                        fresh:1;    /* no idle connection */
 };
 
@@ -509,6 +510,7 @@ ngx_echelon_fetch(ngx_echelon_fetch_t *fetch, ngx_echelon_fetch_req_t *req,
     ex->done = done;
     ex->data = data;
     ex->timeout = req->timeout ? req->timeout : NGX_ECHELON_FETCH_TIMEOUT;
+    ex->idempotent = req->idempotent;
     ex->start = ngx_current_msec;
 
     if (ngx_echelon_fetch_compose(ex, req) != NGX_OK) {
@@ -1487,15 +1489,20 @@ ngx_echelon_fetch_closed(ngx_echelon_fetch_exchange_t *ex)
 
 /*
  * A kept-alive connection the provider closed in the meantime fails before
- * any response byte: the request never reached the application, so it is
- * sent once more on a new connection.  The only automatic retry.
+ * any response byte.  Most often the provider closed it idle and never
+ * read the request, but it may have read it all and acted: so the request
+ * is sent once more on a new connection only when it was not all written
+ * (no server acts on half a request) or when it is idempotent (its
+ * idempotency key makes a second copy harmless).  The only automatic retry.
  */
 
 static void
 ngx_echelon_fetch_io_failed(ngx_echelon_fetch_exchange_t *ex, ngx_err_t err,
     const char *what)
 {
-    if (ex->reused && !ex->received && !ex->retried) {
+    if (ex->reused && !ex->received && !ex->retried
+        && (ex->idempotent || ex->sent < ex->request.len))
+    {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ex->conn->connection->log, err,
                        "echelon fetch: kept-alive connection lost (%s), "
                        "trying a new one", what);

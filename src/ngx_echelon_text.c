@@ -80,6 +80,10 @@ ngx_echelon_text_send(ngx_echelon_main_conf_t *emcf, ngx_pool_t *pool,
     ngx_memzero(&req, sizeof(ngx_echelon_fetch_req_t));
     req.timeout = emcf->provider_timeout;
 
+    /* Twilio honours its idempotency token; Meta documents no such key */
+
+    req.idempotent = !ctx->meta;
+
     rc = ctx->meta ? ngx_echelon_meta_request(emcf, pool, msg, &req)
                    : ngx_echelon_twilio_request(emcf, pool, msg, &req);
 

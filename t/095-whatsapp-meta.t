@@ -31,6 +31,13 @@ Echelon::setup_account(plan => 'scale', more => sub {
     $call->('POST', '/v1/invoices',
             { contact => $ctc->{id}, number => 'W-1', amount_due => 100,
               currency => 'eur' });
+
+    # the fake provider resets the connection once it has read the request
+    my $reset = $call->('POST', '/v1/contacts',
+                        { name => 'Reset', whatsapp => '+15557770104' });
+    $call->('POST', '/v1/invoices',
+            { contact => $reset->{id}, number => 'R-1', amount_due => 100,
+              currency => 'eur' });
 });
 
 our $fake = FakeProvider::start($fake_port, $fake_log);
@@ -55,6 +62,7 @@ sub notification {
 }
 
 Echelon::default_blocks(Echelon::http_config(extra => <<"X"), <<'CONF');
+    echelon_max_attempts 3;
     echelon_whatsapp_provider meta;
     echelon_meta_url http://127.0.0.1:$main::fake_port;
     echelon_meta_phone_number_id $main::phone_id;
@@ -70,7 +78,8 @@ no_shuffle();
 no_long_string();
 run_tests();
 
-my ($req) = FakeProvider::requests($fake_log);
+my ($req) = grep { $_->{body} =~ /"to":"15557770001"/ }
+            FakeProvider::requests($fake_log);
 my %h = map { lc($_->[0]) => $_->[1] } @{ $req->{headers} || [] };
 
 is($req->{method}, 'POST', 'Meta: POST');
@@ -82,6 +91,19 @@ is($req->{body}, '{"messaging_product":"whatsapp","recipient_type":'
                  . '"individual","to":"15557770001","type":"text","text":'
                  . '{"preview_url":false,"body":"Invoice W-1 is ready."}}',
    'Meta: the exact message');
+
+# Meta has no idempotency key: a request it may have read is never sent a
+# second time within an attempt, even on a kept-alive connection
+
+is(Echelon::wait_for_sql("SELECT status FROM deliveries d JOIN contacts c "
+                         . "ON c.id = d.contact_id WHERE c.name = 'Reset'",
+                         'failed', 30),
+   'failed', 'Meta: a connection reset after the request, every attempt: '
+             . 'failed after the last');
+my @resets = grep { $_->{body} =~ /"to":"15557770104"/ }
+             FakeProvider::requests($fake_log);
+is(scalar @resets, 3, 'Meta: one request an attempt, no automatic second '
+                      . 'copy (Meta documents no idempotency key)');
 
 __DATA__
 
