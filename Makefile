@@ -40,7 +40,9 @@ $(NGX_BUILD)/objs/Makefile: config
 
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
-	cp $(NGX_BUILD)/objs/ngx_http_echelon_module.so $@
+	# a new file, not the old one rewritten: a running nginx keeps its copy
+	cp $(NGX_BUILD)/objs/ngx_http_echelon_module.so $@.new
+	mv -f $@.new $@
 
 clean:
 	rm -rf $(BUILD)

@@ -209,7 +209,8 @@ start_nginx() {
 echelon_scheduler_switch() {
     local conf=$SCRATCH/echelon/nginx.conf
     sed -i "s/^\( *echelon_scheduler \+\)\(on\|off\);/\1$1;/" "$conf"
-    "$NGINX_BIN" -q -p "$SCRATCH/echelon/" -c "$conf" -s reload
+    "$NGINX_BIN" -q -p "$SCRATCH/echelon/" -c "$conf" -s reload 2> /dev/null \
+        || die "nginx did not reload $conf"
     sleep 2
 }
 

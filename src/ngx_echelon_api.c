@@ -1367,6 +1367,18 @@ ngx_echelon_trigger_create(ngx_echelon_ctx_t *ctx)
                                   "the only condition is \"paid\"");
     }
 
+    /* a confirmation of payment "unless paid" could never go out */
+
+    if (unless.data
+        && event.len == sizeof("payment.received") - 1
+        && ngx_strncmp(event.data, "payment.received", event.len) == 0)
+    {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "condition_never_met", "unless",
+                                  "a payment.received message \"unless "
+                                  "paid\" would never be sent");
+    }
+
     every = json_object_get(ctx->json, "every_days");
     times = json_object_get(ctx->json, "max_times");
 

@@ -348,3 +348,14 @@ PUT /v1/channels/email
 "$main::json"
 --- error_code: 422
 --- response_body_like: "code":"invalid_value","message":"\\"from\\" must be an email address
+
+
+
+=== TEST 29: a payment confirmation "unless paid" could never be sent: 422
+--- request eval
+"POST /v1/employees/$ENV{TEST_NGINX_EMPLOYEE}/triggers
+{\"event\": \"payment.received\", \"channel\": \"email\", \"unless\": \"paid\"}"
+--- more_headers eval
+"$main::json"
+--- error_code: 422
+--- response_body_like: "code":"condition_never_met"
