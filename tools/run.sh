@@ -95,6 +95,17 @@ start_nginx() {
 }
 
 banner() {
+    if [ -n "${ECHELON_NO_MODULE:-}" ]; then
+        cat <<EOF_BANNER
+
+nginx, PostgreSQL and the SMTP sink are up, WITHOUT the Echelon module
+(ECHELON_NO_MODULE is set): /v1/ and /webhooks/ answer 404 until the
+module is built and make run is started without it. Ctrl-C stops everything.
+
+EOF_BANNER
+        return
+    fi
+
     cat <<EOF_BANNER
 
 Echelon is up. Ctrl-C stops everything.
