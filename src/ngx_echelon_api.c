@@ -176,6 +176,8 @@ static ngx_int_t ngx_echelon_get_one(ngx_echelon_ctx_t *ctx,
     ngx_echelon_sql_e sql, json_t *(*item)(PGresult *res, int row));
 static ngx_int_t ngx_echelon_one_found(ngx_echelon_ctx_t *ctx,
     PGresult *res);
+static ngx_int_t ngx_echelon_trigger_patched(ngx_echelon_ctx_t *ctx,
+    PGresult *res);
 static ngx_int_t ngx_echelon_not_found(ngx_echelon_ctx_t *ctx);
 static ngx_int_t ngx_echelon_plan_allows(ngx_str_t *plan, ngx_str_t *channel);
 static ngx_int_t ngx_echelon_phone_valid(ngx_str_t *phone);
@@ -2362,7 +2364,7 @@ ngx_echelon_trigger_patch(ngx_echelon_ctx_t *ctx)
 
     ctx->query.sql = NGX_ECHELON_SQL_TRIGGER_PATCH;
     ctx->item = ngx_echelon_trigger_json;
-    ngx_echelon_run(ctx, ngx_echelon_one_found);
+    ngx_echelon_run(ctx, ngx_echelon_trigger_patched);
 
     return NGX_DONE;
 }
@@ -3122,6 +3124,24 @@ ngx_echelon_reject(ngx_echelon_ctx_t *ctx, ngx_uint_t status,
 
 
 /* "no employee with the id ...": the resource named in the singular */
+
+/* the patched trigger, unless the table refused what it would become */
+
+static ngx_int_t
+ngx_echelon_trigger_patched(ngx_echelon_ctx_t *ctx, PGresult *res)
+{
+    if (res && ctx->query.status == NGX_ECHELON_PG_FAILED
+        && ngx_strcmp(ctx->query.sqlstate, "23514") == 0)
+    {
+        return ngx_echelon_reject(ctx, NGX_HTTP_UNPROCESSABLE_ENTITY,
+                                  "condition_never_met", "unless",
+                                  "a payment.received message \"unless "
+                                  "paid\" would never be sent");
+    }
+
+    return ngx_echelon_one_found(ctx, res);
+}
+
 
 /* GET /v1/{resources}/{id}: the one row, or the 404 of any unknown id */
 

@@ -834,12 +834,25 @@
 "INSERT INTO echelon_schema (version) VALUES (5);"
 
 
+/*
+ * version 6: a payment confirmation "unless paid" could never go out; the
+ * API refuses it, the table too (NOT VALID: rows of before stay as they are)
+ */
+
+#define NGX_ECHELON_SCHEMA_6                                                 \
+"ALTER TABLE triggers ADD CONSTRAINT triggers_condition_met"                 \
+"  CHECK (NOT (event = 'payment.received' AND unless_paid)) NOT VALID;"      \
+                                                                             \
+"INSERT INTO echelon_schema (version) VALUES (6);"
+
+
 ngx_echelon_migration_t  ngx_echelon_migrations[] = {
     { 1, NGX_ECHELON_SCHEMA_1 NGX_ECHELON_SCHEMA_1_FUNCTIONS },
     { 2, NGX_ECHELON_SCHEMA_2 },
     { 3, NGX_ECHELON_SCHEMA_3 },
     { 4, NGX_ECHELON_SCHEMA_4 },
     { 5, NGX_ECHELON_SCHEMA_5 },
+    { 6, NGX_ECHELON_SCHEMA_6 },
     { 0, NULL }
 };
 

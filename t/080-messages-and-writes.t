@@ -34,6 +34,11 @@ Echelon::setup_account(name => 'Acme Studio', tone => 'formal',
                   url => "https://pay.example.com/M-$i" });
             $ENV{'TEST_NGINX_CONTACT_' . uc $c->[0]} = $ctc->{id};
         }
+        my $paid = $call->('POST',
+            "/v1/employees/$ENV{TEST_NGINX_EMPLOYEE}/triggers",
+            { event => 'payment.received', channel => 'email',
+              delay => '7d' });
+        $ENV{TEST_NGINX_TRIGGER_PAID} = $paid->{id};
     });
 
 our $auth = "Authorization: Bearer $ENV{TEST_NGINX_API_KEY}";
@@ -355,6 +360,17 @@ PUT /v1/channels/email
 --- request eval
 "POST /v1/employees/$ENV{TEST_NGINX_EMPLOYEE}/triggers
 {\"event\": \"payment.received\", \"channel\": \"email\", \"unless\": \"paid\"}"
+--- more_headers eval
+"$main::json"
+--- error_code: 422
+--- response_body_like: "code":"condition_never_met"
+
+
+
+=== TEST 30: and a payment confirmation cannot be patched into one either
+--- request eval
+"PATCH /v1/triggers/$ENV{TEST_NGINX_TRIGGER_PAID}
+{\"unless\": \"paid\"}"
 --- more_headers eval
 "$main::json"
 --- error_code: 422
