@@ -43,6 +43,8 @@ static ngx_int_t ngx_echelon_expand(ngx_str_t *tmpl,
     ngx_echelon_vars_t *vars, u_char **dst, size_t *len, ngx_uint_t depth,
     ngx_str_t *unknown);
 static ngx_echelon_var_t *ngx_echelon_var_find(u_char *start, u_char *end);
+static u_char *ngx_echelon_section_end(u_char *p, u_char *last, u_char *name,
+    u_char *end);
 static ngx_int_t ngx_echelon_part(ngx_echelon_vars_t *vars, size_t part,
     ngx_str_t *text);
 static ngx_uint_t ngx_echelon_tone_index(ngx_str_t *tone);
@@ -95,16 +97,19 @@ static ngx_echelon_words_t  ngx_echelon_words[] = {
         "Invoice {{invoice.number}} issued by {{account.name}}",
         "Invoice {{invoice.number}}: payment due {{invoice.due_date}}" },
       { "Here's your invoice {{invoice.number}} for {{invoice.amount}}, "
-        "due {{invoice.due_date}}. You can see it and pay it here: "
-        "{{invoice.url}}\n\nAny questions? Just reply, happy to help.",
+        "due {{invoice.due_date}}.{{#invoice.url}} You can see it and pay "
+        "it here: {{invoice.url}}{{/invoice.url}}\n\nAny questions? Just "
+        "reply, happy to help.",
         "Please find invoice {{invoice.number}} for {{invoice.amount}}, "
-        "due {{invoice.due_date}}. You can view and pay it here: "
-        "{{invoice.url}}",
+        "due {{invoice.due_date}}.{{#invoice.url}} You can view and pay it "
+        "here: {{invoice.url}}{{/invoice.url}}",
         "We enclose invoice {{invoice.number}} in the amount of "
-        "{{invoice.amount}}, payable by {{invoice.due_date}}. It may be "
-        "viewed and settled at {{invoice.url}}",
+        "{{invoice.amount}}, payable by {{invoice.due_date}}."
+        "{{#invoice.url}} It may be viewed and settled at {{invoice.url}}"
+        "{{/invoice.url}}",
         "Invoice {{invoice.number}} for {{invoice.amount}} is due "
-        "{{invoice.due_date}}. Pay it by then: {{invoice.url}}" } },
+        "{{invoice.due_date}}.{{#invoice.url}} Pay it by then: "
+        "{{invoice.url}}{{/invoice.url}}" } },
 
     { "invoice.overdue",
       { "A friendly reminder about invoice {{invoice.number}}",
@@ -113,17 +118,19 @@ static ngx_echelon_words_t  ngx_echelon_words[] = {
         "Overdue: invoice {{invoice.number}} is unpaid" },
       { "Just a quick note: invoice {{invoice.number}} for "
         "{{invoice.amount}} was due {{invoice.due_date}} and we haven't "
-        "seen the payment yet. If it slipped through, you can pay here: "
-        "{{invoice.url}}",
+        "seen the payment yet.{{#invoice.url}} If it slipped through, you "
+        "can pay here: {{invoice.url}}{{/invoice.url}}",
         "Our records show invoice {{invoice.number}} for "
         "{{invoice.amount}}, due {{invoice.due_date}}, is still unpaid. "
-        "Please arrange payment at {{invoice.url}}",
+        "Please arrange payment{{#invoice.url}} at {{invoice.url}}"
+        "{{/invoice.url}}.",
         "We note that invoice {{invoice.number}} in the amount of "
         "{{invoice.amount}}, due on {{invoice.due_date}}, remains "
-        "outstanding. We would be grateful for your prompt settlement at "
-        "{{invoice.url}}",
+        "outstanding. We would be grateful for your prompt settlement"
+        "{{#invoice.url}} at {{invoice.url}}{{/invoice.url}}.",
         "Invoice {{invoice.number}} for {{invoice.amount}} was due "
-        "{{invoice.due_date}} and is unpaid. Pay it now: {{invoice.url}}" } },
+        "{{invoice.due_date}} and is unpaid.{{#invoice.url}} Pay it now: "
+        "{{invoice.url}}{{/invoice.url}}" } },
 
     { "invoice.unpaid_repeated",
       { "Still open: invoice {{invoice.number}}",
@@ -132,17 +139,19 @@ static ngx_echelon_words_t  ngx_echelon_words[] = {
         "Final reminder: invoice {{invoice.number}} is overdue" },
       { "We're following up on invoice {{invoice.number}} for "
         "{{invoice.amount}}, due {{invoice.due_date}}: it's still open. "
-        "If something is holding it up, reply and let us know. Pay here: "
-        "{{invoice.url}}",
+        "If something is holding it up, reply and let us know."
+        "{{#invoice.url}} Pay here: {{invoice.url}}{{/invoice.url}}",
         "Invoice {{invoice.number}} for {{invoice.amount}}, due "
         "{{invoice.due_date}}, remains unpaid despite our earlier "
-        "reminder. Please pay at {{invoice.url}} or contact us.",
+        "reminder. Please pay{{#invoice.url}} at {{invoice.url}}"
+        "{{/invoice.url}} or contact us.",
         "Further to our previous correspondence, invoice "
         "{{invoice.number}} in the amount of {{invoice.amount}}, due on "
-        "{{invoice.due_date}}, remains unsettled. Kindly remit payment at "
-        "{{invoice.url}}",
+        "{{invoice.due_date}}, remains unsettled. Kindly remit payment"
+        "{{#invoice.url}} at {{invoice.url}}{{/invoice.url}}.",
         "Invoice {{invoice.number}} for {{invoice.amount}} is still unpaid "
-        "after several reminders. Pay it immediately: {{invoice.url}}" } },
+        "after several reminders.{{#invoice.url}} Pay it immediately: "
+        "{{invoice.url}}{{/invoice.url}}" } },
 
     { "payment.received",
       { "Thank you for your payment",
@@ -292,8 +301,9 @@ static ngx_int_t
 ngx_echelon_expand(ngx_str_t *tmpl, ngx_echelon_vars_t *vars, u_char **dst,
     size_t *len, ngx_uint_t depth, ngx_str_t *unknown)
 {
-    u_char             *p, *last, *open, *close, *name, *end;
+    u_char             *p, *last, *open, *close, *name, *end, *skip;
     ngx_str_t          *value, part;
+    ngx_uint_t          section;
     ngx_echelon_var_t  *var;
 
     p = tmpl->data;
@@ -332,7 +342,15 @@ ngx_echelon_expand(ngx_str_t *tmpl, ngx_echelon_vars_t *vars, u_char **dst,
             /* void */
         }
 
-        var = ngx_echelon_var_find(name, end);
+        /* {{#name}}...{{/name}}: what is between only if name has a value */
+
+        section = (name < end && (*name == '#' || *name == '/')) ? *name : 0;
+
+        var = ngx_echelon_var_find(section ? name + 1 : name, end);
+
+        if (section && var && var->offset >= NGX_ECHELON_PART_CLOSING) {
+            var = NULL;
+        }
 
         if (var == NULL || (depth && var->offset >= NGX_ECHELON_PART_CLOSING))
         {
@@ -343,7 +361,26 @@ ngx_echelon_expand(ngx_str_t *tmpl, ngx_echelon_vars_t *vars, u_char **dst,
 
         p = close + 2;
 
-        if (vars == NULL) {
+        if (section == '#') {
+            skip = ngx_echelon_section_end(p, last, name + 1, end);
+
+            if (skip == NULL) {
+                unknown->data = open;
+                unknown->len = close + 2 - open;
+                return NGX_DECLINED;
+            }
+
+            value = vars ? (ngx_str_t *) ((u_char *) vars + var->offset)
+                         : NULL;
+
+            if (value && value->len == 0) {
+                p = skip;
+            }
+
+            continue;
+        }
+
+        if (section || vars == NULL) {
             continue;
         }
 
@@ -369,6 +406,45 @@ ngx_echelon_expand(ngx_str_t *tmpl, ngx_echelon_vars_t *vars, u_char **dst,
     }
 
     return NGX_OK;
+}
+
+
+/* just after the {{/name}} that ends a section opened before p, or NULL */
+
+static u_char *
+ngx_echelon_section_end(u_char *p, u_char *last, u_char *name, u_char *end)
+{
+    u_char  *open, *close, *n, *e;
+
+    while (p < last) {
+        open = ngx_strlcasestrn(p, last, (u_char *) "{{", 2 - 1);
+        if (open == NULL) {
+            return NULL;
+        }
+
+        close = ngx_strlcasestrn(open + 2, last, (u_char *) "}}", 2 - 1);
+        if (close == NULL) {
+            return NULL;
+        }
+
+        for (n = open + 2; n < close && *n == ' '; n++) {
+            /* void */
+        }
+
+        for (e = close; e > n && e[-1] == ' '; e--) {
+            /* void */
+        }
+
+        if (e - n == end - name + 1 && *n == '/'
+            && ngx_strncmp(n + 1, name, end - name) == 0)
+        {
+            return close + 2;
+        }
+
+        p = close + 2;
+    }
+
+    return NULL;
 }
 
 

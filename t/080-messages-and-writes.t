@@ -34,6 +34,11 @@ Echelon::setup_account(name => 'Acme Studio', tone => 'formal',
                   url => "https://pay.example.com/M-$i" });
             $ENV{'TEST_NGINX_CONTACT_' . uc $c->[0]} = $ctc->{id};
         }
+        my $nourl = $call->('POST', '/v1/contacts',
+            { name => 'Client Nourl', email => 'nourl@example.com' });
+        $call->('POST', '/v1/invoices',
+            { contact => $nourl->{id}, number => 'M-5', amount_due => 700,
+              currency => 'usd', due_date => Echelon::rfc3339($main::due) });
         my $paid = $call->('POST',
             "/v1/employees/$ENV{TEST_NGINX_EMPLOYEE}/triggers",
             { event => 'payment.received', channel => 'email',
@@ -144,13 +149,13 @@ $main::json
 
 
 
-=== TEST 9: firm words
+=== TEST 9: firm words (an invoice without URL: no "pay it by then")
 --- init
 Echelon::link_mail('yen@example.com', 'Invoice F-1: payment due March 15, 2031');
 --- request
 GET /t/mail
 --- error_code: 200
---- response_body_like: \r?\n\r?\nClient Yen,\r?\n\r?\nInvoice F-1 for \xc2\xa5700 is due March 15, 2031\. Pay it by then: .*\r?\n\r?\nRegards,\r?\n
+--- response_body_like: \r?\n\r?\nClient Yen,\r?\n\r?\nInvoice F-1 for \xc2\xa5700 is due March 15, 2031\.\r?\n\r?\nRegards,\r?\n
 
 
 
@@ -375,3 +380,34 @@ PUT /v1/channels/email
 "$main::json"
 --- error_code: 422
 --- response_body_like: "code":"condition_never_met"
+
+
+
+=== TEST 31: without an invoice URL, the tone's sentence about it is left out
+--- init
+Echelon::link_mail('nourl@example.com');
+--- request
+GET /t/mail
+--- error_code: 200
+--- response_body_like: We enclose invoice M-5 in the amount of \$7\.00, payable by [A-Z][a-z]+ \d+, \d{4}\.\r?\n\r?\nYours sincerely,
+
+
+
+=== TEST 32: a template may say something only when a variable has a value
+--- request eval
+"POST /v1/employees/$ENV{TEST_NGINX_EMPLOYEE}/triggers
+{\"event\": \"invoice.overdue\", \"channel\": \"email\", \"template\": {\"body\": \"Late.{{#invoice.url}} Pay: {{invoice.url}}{{/invoice.url}}\"}}"
+--- more_headers eval
+"$main::json"
+--- error_code: 201
+
+
+
+=== TEST 33: a section that is not closed is refused
+--- request eval
+"POST /v1/employees/$ENV{TEST_NGINX_EMPLOYEE}/triggers
+{\"event\": \"invoice.overdue\", \"channel\": \"email\", \"template\": {\"body\": \"Late.{{#invoice.url}} Pay: {{invoice.url}}\"}}"
+--- more_headers eval
+"$main::json"
+--- error_code: 422
+--- response_body_like: "code":"unknown_variable"
