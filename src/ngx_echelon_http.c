@@ -17,6 +17,8 @@
 static void ngx_echelon_ctx_cleanup(void *data);
 static ngx_int_t ngx_echelon_send_chain(ngx_http_request_t *r,
     ngx_uint_t status, ngx_chain_t *out, off_t len);
+static ngx_int_t ngx_echelon_shape(u_char **p, u_char *last,
+    const char *shape);
 static ngx_int_t ngx_echelon_utf8_char(u_char **p, u_char *last,
     ngx_str_t *ch);
 static u_char *ngx_echelon_json_escape(u_char *dst, u_char *src, size_t len);
@@ -1037,25 +1039,14 @@ ngx_int_t
 ngx_echelon_time_valid(ngx_str_t *v, ngx_uint_t day)
 {
     u_char      *p, *last;
-    ngx_uint_t   i;
-
-    static const char  date[] = "dddd-dd-dd";
-    static const char  time[] = "dd:dd:dd";
-    static const char  zone[] = "dd:dd";
+    ngx_uint_t   n;
 
     p = v->data;
     last = p + v->len;
 
-#define ngx_echelon_shape(shape)                                              \
-    for (i = 0; i < sizeof(shape) - 1; i++, p++) {                            \
-        if (p == last                                                         \
-            || (shape[i] == 'd' ? (*p < '0' || *p > '9') : *p != shape[i]))   \
-        {                                                                     \
-            return 0;                                                         \
-        }                                                                     \
+    if (!ngx_echelon_shape(&p, last, "dddd-dd-dd")) {
+        return 0;
     }
-
-    ngx_echelon_shape(date);
 
     if (p == last) {
         return day;
@@ -1067,14 +1058,16 @@ ngx_echelon_time_valid(ngx_str_t *v, ngx_uint_t day)
 
     p++;
 
-    ngx_echelon_shape(time);
+    if (!ngx_echelon_shape(&p, last, "dd:dd:dd")) {
+        return 0;
+    }
 
     if (p < last && *p == '.') {
-        for (p++, i = 0; p < last && *p >= '0' && *p <= '9'; p++, i++) {
+        for (p++, n = 0; p < last && *p >= '0' && *p <= '9'; p++, n++) {
             /* void */
         }
 
-        if (i == 0) {
+        if (n == 0) {
             return 0;
         }
     }
@@ -1089,9 +1082,26 @@ ngx_echelon_time_valid(ngx_str_t *v, ngx_uint_t day)
 
     p++;
 
-    ngx_echelon_shape(zone);
+    return ngx_echelon_shape(&p, last, "dd:dd") && p == last;
+}
 
-#undef ngx_echelon_shape
 
-    return p == last;
+/* *p follows shape ("d" a digit, anything else itself), and moves past it */
+
+static ngx_int_t
+ngx_echelon_shape(u_char **p, u_char *last, const char *shape)
+{
+    u_char  *q;
+
+    for (q = *p; *shape; shape++, q++) {
+        if (q == last
+            || (*shape == 'd' ? (*q < '0' || *q > '9') : *q != *shape))
+        {
+            return 0;
+        }
+    }
+
+    *p = q;
+
+    return 1;
 }
