@@ -143,6 +143,9 @@ ngx_int_t ngx_echelon_endpoint_resolve(ngx_conf_t *cf,
     ngx_msec_t timeout);
 ngx_echelon_fetch_t *ngx_echelon_fetch_create(ngx_cycle_t *cycle);
 void ngx_echelon_fetch_destroy(ngx_echelon_fetch_t *fetch);
+void ngx_echelon_conn_park(ngx_connection_t *c, ngx_msec_t timeout);
+void ngx_echelon_conn_wake(ngx_connection_t *c);
+ngx_uint_t ngx_echelon_conn_alive(ngx_connection_t *c);
 ngx_int_t ngx_echelon_fetch(ngx_echelon_fetch_t *fetch,
     ngx_echelon_fetch_req_t *req, ngx_echelon_fetch_done_pt done,
     void *data);
@@ -331,7 +334,7 @@ ngx_int_t ngx_echelon_parse_body(ngx_echelon_ctx_t *ctx);
 json_t *ngx_echelon_json_str(ngx_str_t *s);
 json_t *ngx_echelon_json_text(u_char *text, size_t len);
 ngx_int_t ngx_echelon_id_valid(ngx_str_t *id);
-ngx_int_t ngx_echelon_provider_id_valid(u_char *p, size_t len);
+ngx_int_t ngx_echelon_token_valid(u_char *p, size_t len);
 ngx_int_t ngx_echelon_time_valid(ngx_str_t *v, ngx_uint_t day);
 ngx_int_t ngx_echelon_hmac(const char *digest, ngx_str_t *key,
     ngx_str_t *parts, ngx_uint_t nparts, u_char *md, size_t *len);

@@ -623,7 +623,7 @@ ngx_echelon_idempotency_begin(ngx_echelon_ctx_t *ctx)
     r = ctx->request;
     h = ngx_echelon_find_header(r, "Idempotency-Key");
 
-    if (!ngx_echelon_provider_id_valid(h->value.data, h->value.len)) {
+    if (!ngx_echelon_token_valid(h->value.data, h->value.len)) {
         return ngx_echelon_reject(ctx, NGX_HTTP_BAD_REQUEST,
                                   "invalid_idempotency_key", NULL,
                                   "an Idempotency-Key is 1 to 255 printable "

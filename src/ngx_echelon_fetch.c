@@ -227,7 +227,6 @@ static void ngx_echelon_fetch_abandon(ngx_echelon_fetch_exchange_t *ex);
 
 static void ngx_echelon_fetch_idle_handler(ngx_event_t *rev);
 static void ngx_echelon_fetch_idle_drop(ngx_echelon_fetch_conn_t *conn);
-static ngx_uint_t ngx_echelon_fetch_alive(ngx_connection_t *c);
 static void ngx_echelon_fetch_close(ngx_echelon_fetch_conn_t *conn);
 static void ngx_echelon_fetch_empty_handler(ngx_event_t *ev);
 static u_char *ngx_echelon_fetch_log_error(ngx_log_t *log, u_char *buf,
@@ -399,6 +398,61 @@ ngx_echelon_endpoint_resolve(ngx_conf_t *cf, ngx_echelon_endpoint_t *ep,
     ep->naddrs = u.naddrs;
 
     return NGX_OK;
+}
+
+
+/*
+ * A kept-alive outbound connection, here and in the SMTP client: parked,
+ * it is closed at once on a graceful exit (ngx_close_idle_connections())
+ * and its read timer does not hold the worker; woken, it is a busy one.
+ */
+
+void
+ngx_echelon_conn_park(ngx_connection_t *c, ngx_msec_t timeout)
+{
+    c->idle = 1;
+
+    c->read->cancelable = 1;
+    ngx_add_timer(c->read, timeout);
+}
+
+
+void
+ngx_echelon_conn_wake(ngx_connection_t *c)
+{
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    c->read->cancelable = 0;
+    c->idle = 0;
+}
+
+
+/* an idle connection holds while the server has neither spoken nor closed */
+
+ngx_uint_t
+ngx_echelon_conn_alive(ngx_connection_t *c)
+{
+    char       buf[1];
+    ssize_t    n;
+    ngx_err_t  err;
+
+#if (NGX_SSL)
+    if (c->ssl && SSL_pending(c->ssl->connection)) {
+        return 0;
+    }
+#endif
+
+    n = recv(c->fd, buf, 1, MSG_PEEK);
+    err = ngx_socket_errno;
+
+    if (n == -1 && err == NGX_EAGAIN) {
+        c->read->ready = 0;
+        return 1;
+    }
+
+    return 0;
 }
 
 
@@ -834,7 +888,7 @@ ngx_echelon_fetch_idle_get(ngx_echelon_fetch_origin_t *origin)
         conn = ngx_queue_data(q, ngx_echelon_fetch_conn_t, queue);
         c = conn->connection;
 
-        if (!ngx_echelon_fetch_alive(c)) {
+        if (!ngx_echelon_conn_alive(c)) {
             ngx_echelon_fetch_idle_drop(conn);
             continue;
         }
@@ -843,12 +897,7 @@ ngx_echelon_fetch_idle_get(ngx_echelon_fetch_origin_t *origin)
         ngx_queue_remove(&conn->lru);
         origin->nidle--;
 
-        if (c->read->timer_set) {
-            ngx_del_timer(c->read);
-        }
-
-        c->read->cancelable = 0;
-        c->idle = 0;
+        ngx_echelon_conn_wake(c);
 
         return conn;
     }
@@ -1713,12 +1762,7 @@ ngx_echelon_fetch_release(ngx_echelon_fetch_exchange_t *ex)
     c->read->handler = ngx_echelon_fetch_idle_handler;
     c->write->handler = ngx_echelon_fetch_empty_handler;
 
-    /* closed at once on a graceful exit, see ngx_close_idle_connections() */
-
-    c->idle = 1;
-
-    c->read->cancelable = 1;
-    ngx_add_timer(c->read, NGX_ECHELON_FETCH_IDLE_TIMEOUT);
+    ngx_echelon_conn_park(c, NGX_ECHELON_FETCH_IDLE_TIMEOUT);
 
     ngx_queue_insert_head(&origin->idle, &conn->queue);
     ngx_queue_insert_head(&fetch->idle, &conn->lru);
@@ -1762,7 +1806,7 @@ ngx_echelon_fetch_idle_handler(ngx_event_t *rev)
     c = rev->data;
     conn = c->data;
 
-    if (!rev->timedout && !c->close && ngx_echelon_fetch_alive(c)) {
+    if (!rev->timedout && !c->close && ngx_echelon_conn_alive(c)) {
 
         if (ngx_handle_read_event(rev, 0) == NGX_OK) {
             return;
@@ -1786,27 +1830,6 @@ ngx_echelon_fetch_idle_drop(ngx_echelon_fetch_conn_t *conn)
     conn->origin->nidle--;
 
     ngx_echelon_fetch_close(conn);
-}
-
-
-/* nothing to read and no close pending: the connection can be reused */
-
-static ngx_uint_t
-ngx_echelon_fetch_alive(ngx_connection_t *c)
-{
-    char       buf[1];
-    ssize_t    n;
-    ngx_err_t  err;
-
-    n = recv(c->fd, buf, 1, MSG_PEEK);
-    err = ngx_socket_errno;
-
-    if (n == -1 && err == NGX_EAGAIN) {
-        c->read->ready = 0;
-        return 1;
-    }
-
-    return 0;
 }
 
 

@@ -1008,10 +1008,13 @@ ngx_echelon_errors_handler(ngx_http_request_t *r)
 }
 
 
-/* a provider's message id as we keep it: 1 to 255 printable ASCII bytes */
+/*
+ * A token we keep or key on (a provider's message id, an Idempotency-Key):
+ * 1 to 255 printable ASCII bytes, no space
+ */
 
 ngx_int_t
-ngx_echelon_provider_id_valid(u_char *p, size_t len)
+ngx_echelon_token_valid(u_char *p, size_t len)
 {
     u_char  *last;
 

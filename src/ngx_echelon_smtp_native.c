@@ -255,7 +255,6 @@ static u_char *ngx_echelon_smtp_log_error(ngx_log_t *log, u_char *buf,
 
 static void ngx_echelon_smtp_idle_handler(ngx_event_t *rev);
 static void ngx_echelon_smtp_idle_write_handler(ngx_event_t *wev);
-static ngx_uint_t ngx_echelon_smtp_alive(ngx_connection_t *c);
 static void ngx_echelon_smtp_idle_close(ngx_echelon_smtp_session_t *s,
     ngx_uint_t quit);
 static void ngx_echelon_smtp_session_close(ngx_echelon_smtp_session_t *s,
@@ -1087,7 +1086,7 @@ ngx_echelon_smtp_idle_get(ngx_echelon_smtp_t *smtp)
         s = ngx_queue_data(q, ngx_echelon_smtp_session_t, queue);
         c = s->peer.connection;
 
-        if (!ngx_echelon_smtp_alive(c)) {
+        if (!ngx_echelon_conn_alive(c)) {
             ngx_echelon_smtp_idle_close(s, 0);
             continue;
         }
@@ -1095,12 +1094,7 @@ ngx_echelon_smtp_idle_get(ngx_echelon_smtp_t *smtp)
         ngx_queue_remove(q);
         smtp->nidle--;
 
-        if (c->read->timer_set) {
-            ngx_del_timer(c->read);
-        }
-
-        c->read->cancelable = 0;
-        c->idle = 0;
+        ngx_echelon_conn_wake(c);
 
         return s;
     }
@@ -2130,12 +2124,7 @@ ngx_echelon_smtp_release(ngx_echelon_smtp_transfer_t *t)
     c->read->handler = ngx_echelon_smtp_idle_handler;
     c->write->handler = ngx_echelon_smtp_idle_write_handler;
 
-    /* closed at once on a graceful exit, see ngx_close_idle_connections() */
-
-    c->idle = 1;
-
-    c->read->cancelable = 1;
-    ngx_add_timer(c->read, smtp->keepalive_timeout);
+    ngx_echelon_conn_park(c, smtp->keepalive_timeout);
 
     ngx_queue_insert_head(&smtp->idle, &s->queue);
     smtp->nidle++;
@@ -2199,7 +2188,7 @@ ngx_echelon_smtp_idle_handler(ngx_event_t *rev)
     s = c->data;
     smtp = s->smtp;
 
-    if (!rev->timedout && !c->close && ngx_echelon_smtp_alive(c)) {
+    if (!rev->timedout && !c->close && ngx_echelon_conn_alive(c)) {
 
         if (ngx_handle_read_event(rev, 0) == NGX_OK) {
             return;
@@ -2226,31 +2215,6 @@ ngx_echelon_smtp_idle_write_handler(ngx_event_t *wev)
 {
     ngx_log_debug0(NGX_LOG_DEBUG_EVENT, wev->log, 0,
                    "echelon smtp: idle write event");
-}
-
-
-/* nothing to read and no close pending: the connection can be reused */
-
-static ngx_uint_t
-ngx_echelon_smtp_alive(ngx_connection_t *c)
-{
-    char       buf[1];
-    ssize_t    n;
-    ngx_err_t  err;
-
-    if (c->ssl && SSL_pending(c->ssl->connection)) {
-        return 0;
-    }
-
-    n = recv(c->fd, buf, 1, MSG_PEEK);
-    err = ngx_socket_errno;
-
-    if (n == -1 && err == NGX_EAGAIN) {
-        c->read->ready = 0;
-        return 1;
-    }
-
-    return 0;
 }
 
 

@@ -120,7 +120,7 @@ ngx_echelon_twilio_body(ngx_http_request_t *r)
         return;
     }
 
-    if (!ngx_echelon_provider_id_valid(sid.data, sid.len)) {
+    if (!ngx_echelon_token_valid(sid.data, sid.len)) {
         ngx_echelon_finish(ctx, ngx_echelon_send_error(r,
                                NGX_HTTP_BAD_REQUEST, "invalid_field",
                                "MessageSid is not a message id", NULL));
@@ -324,7 +324,7 @@ ngx_echelon_meta_body(ngx_http_request_t *r)
                 id = json_object_get(status, "id");
 
                 if (!json_is_string(st) || !json_is_string(id)
-                    || !ngx_echelon_provider_id_valid(
+                    || !ngx_echelon_token_valid(
                            (u_char *) json_string_value(id),
                            json_string_length(id)))
                 {

@@ -319,7 +319,7 @@ ngx_echelon_text_answered(void *data, ngx_echelon_fetch_res_t *res)
         /* sent all the same; an id we cannot keep is only logged */
 
         if (json_is_string(id)
-            && ngx_echelon_provider_id_valid((u_char *) json_string_value(id),
+            && ngx_echelon_token_valid((u_char *) json_string_value(id),
                                              json_string_length(id)))
         {
             provider_id.data = (u_char *) json_string_value(id);

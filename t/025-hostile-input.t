@@ -33,6 +33,13 @@ our $bad_email = Echelon::stripe_event('invoice.finalized',
 our $long_id = Echelon::stripe_event('invoice.finalized',
     Echelon::stripe_invoice(number => 'LONG-1'), id => 'evt_' . 'x' x 6000);
 
+# nginx's own errors answered by echelon_errors, as conf/ sets them up
+our $errors = <<'CONF';
+    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
+    location = /.echelon/error { internal; echelon_errors; }
+    location /v1/ { echelon_api; }
+CONF
+
 Echelon::default_blocks(Echelon::http_config(), <<'CONF');
     location /v1/ { echelon_api; }
     location /webhooks/ { echelon_webhooks; }
@@ -197,10 +204,8 @@ Echelon::stripe_headers($main::long_id)
 
 
 === TEST 13: a URI too long for nginx is a JSON 414 through echelon_errors
---- config
-    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
-    location = /.echelon/error { internal; echelon_errors; }
-    location /v1/ { echelon_api; }
+--- config eval
+$main::errors
 --- request eval
 "GET /v1/contacts?x=" . ("a" x 9000)
 --- error_code: 414
@@ -212,10 +217,8 @@ Content-Type: application/json
 
 
 === TEST 14: a header line nginx cannot read is a JSON 400, not HTML
---- config
-    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
-    location = /.echelon/error { internal; echelon_errors; }
-    location /v1/ { echelon_api; }
+--- config eval
+$main::errors
 --- request
 GET /v1/account
 --- more_headers eval
@@ -229,10 +232,8 @@ Content-Type: application/json
 
 
 === TEST 15: TRACE, refused by nginx itself, is a JSON 405
---- config
-    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
-    location = /.echelon/error { internal; echelon_errors; }
-    location /v1/ { echelon_api; }
+--- config eval
+$main::errors
 --- request
 TRACE /v1/account
 --- error_code: 405
@@ -242,11 +243,8 @@ TRACE /v1/account
 
 
 === TEST 16: nginx's own 413 (client_max_body_size, outside our locations) is JSON too
---- config
-    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
-    location = /.echelon/error { internal; echelon_errors; }
-    location /v1/ { echelon_api; }
-    location /upload/ { client_max_body_size 1k; return 204; }
+--- config eval
+$main::errors . "    location /upload/ { client_max_body_size 1k; return 204; }\n"
 --- request eval
 "POST /upload/x\n" . ("b" x 4000)
 --- error_code: 413
@@ -256,10 +254,8 @@ TRACE /v1/account
 
 
 === TEST 17: a path outside the API is a JSON 404, and so is the error page itself
---- config
-    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
-    location = /.echelon/error { internal; echelon_errors; }
-    location /v1/ { echelon_api; }
+--- config eval
+$main::errors
 --- request
 GET /.echelon/error
 --- error_code: 404
@@ -269,10 +265,8 @@ GET /.echelon/error
 
 
 === TEST 18: a header line over nginx's buffers (its 494) is a JSON 400
---- config
-    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
-    location = /.echelon/error { internal; echelon_errors; }
-    location /v1/ { echelon_api; }
+--- config eval
+$main::errors
 --- request
 GET /v1/account
 --- more_headers eval
@@ -285,10 +279,8 @@ Content-Type: application/json
 
 
 === TEST 19: a transfer coding nginx does not know (its 501) is JSON
---- config
-    error_page 400 404 405 408 413 414 494 500 501 502 503 504 505 /.echelon/error;
-    location = /.echelon/error { internal; echelon_errors; }
-    location /v1/ { echelon_api; }
+--- config eval
+$main::errors
 --- request
 POST /v1/contacts
 {}

@@ -21,7 +21,6 @@ use HTTP::Tiny;
 use Test::More;
 use Time::HiRes qw(sleep);
 
-my $binary = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
 my $port = ($ENV{TEST_NGINX_SERVER_PORT} || 1984) + 11;
 my $dir = "$FindBin::Bin/servroot-keepalive";
 my $base = "http://127.0.0.1:$port";
@@ -36,18 +35,6 @@ Echelon::setup_account(name => 'Keepalive', triggers => [
 
 my $key = $ENV{TEST_NGINX_API_KEY};
 
-sub nginx {
-    system($binary, '-p', "$dir/", '-c', "$dir/conf/nginx.conf", @_) == 0
-        or die "nginx @_ failed; see $dir/logs/error.log\n";
-}
-
-sub master_pid {
-    open(my $pf, '<', "$dir/logs/nginx.pid") or return;
-    my $pid = <$pf>;
-    chomp $pid;
-    return $pid;
-}
-
 # nginx with these http{} directives; the one before is stopped first
 sub start {
     my ($extra) = @_;
@@ -55,7 +42,7 @@ sub start {
     Echelon::write_conf($dir, $port,
                         Echelon::http_config(extra => $extra || ''),
                         workers => 1);
-    nginx();
+    Echelon::nginx_run($dir);
     Echelon::wait_until(sub { HTTP::Tiny->new(timeout => 1)
                               ->get("$base/v1/account", { headers =>
                                     { Authorization => "Bearer $key" } })
@@ -63,14 +50,14 @@ sub start {
 }
 
 sub stop {
-    my $pid = master_pid() or return;
+    my $pid = Echelon::nginx_pid($dir) or return;
     kill 'QUIT', $pid;
     Echelon::wait_until(sub { !kill(0, $pid) }, 20);
     unlink "$dir/logs/nginx.pid";
 }
 
 END {
-    if (my $m = master_pid()) { kill 'QUIT', $m; sleep 1; kill 'KILL', $m }
+    Echelon::nginx_kill($dir);
 }
 
 # an invoice for a new contact, and so an email due now
@@ -174,7 +161,7 @@ like(error_log(),
 start('echelon_smtp_keepalive_timeout 1h;');
 is(send_one('ka-7@example.com'), 'sent 1', 'an email is sent');
 
-my $master = master_pid();
+my $master = Echelon::nginx_pid($dir);
 kill 'QUIT', $master;
 ok(eval { Echelon::wait_until(sub { !kill(0, $master) }, 20) },
    'nginx quits with an idle connection kept for an hour');

@@ -19,7 +19,6 @@ use Test::More;
 use IO::Socket::INET;
 use Time::HiRes qw(sleep);
 
-my $binary = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
 my $port = ($ENV{TEST_NGINX_SERVER_PORT} || 1984) + 15;
 my $sink_port = $port + 1;
 my $dir = "$FindBin::Bin/servroot-auth";
@@ -35,17 +34,10 @@ Echelon::setup_account(name => 'Auth', triggers => [
 
 my $key = $ENV{TEST_NGINX_API_KEY};
 
-sub master_pid {
-    open(my $pf, '<', "$dir/logs/nginx.pid") or return;
-    my $pid = <$pf>;
-    chomp $pid;
-    return $pid;
-}
-
 my $sink;
 
 END {
-    if (my $m = master_pid()) { kill 'QUIT', $m; sleep 1; kill 'KILL', $m }
+    Echelon::nginx_kill($dir);
     if ($sink) { kill 'TERM', $sink; waitpid($sink, 0) }
 }
 
@@ -71,8 +63,7 @@ sub password {
     open(my $out, '>', $conf) or die "$conf: $!";
     print $out $text;
     close $out;
-    system($binary, '-p', "$dir/", '-c', $conf, '-s', 'reload') == 0
-        or die "reload failed; see $dir/logs/error.log\n";
+    Echelon::nginx_run($dir, '-s', 'reload');
     sleep 1.5;
 }
 
@@ -88,8 +79,7 @@ if ($sink == 0) {
 Echelon::wait_until(sub { IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                                 PeerPort => $sink_port) }, 10);
 
-system($binary, '-p', "$dir/", '-c', "$dir/conf/nginx.conf") == 0
-    or die "nginx failed; see $dir/logs/error.log\n";
+Echelon::nginx_run($dir);
 Echelon::wait_until(sub { HTTP::Tiny->new(timeout => 1)
                           ->get("$base/v1/account")->{status} == 401 }, 10);
 

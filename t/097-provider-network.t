@@ -48,15 +48,8 @@ FakeDNS::set($map);
 my $dns = FakeDNS::start($dns_port, $map, $dns_log);
 my $fake = FakeProvider::start($fake_port, $fake_log);
 
-sub master_pid {
-    open(my $pf, '<', "$dir/logs/nginx.pid") or return;
-    my $pid = <$pf>;
-    chomp $pid;
-    return $pid;
-}
-
 END {
-    if (my $m = master_pid()) { kill 'QUIT', $m; sleep 1; kill 'KILL', $m }
+    Echelon::nginx_kill($dir);
     FakeProvider::stop($fake) if $fake;
     FakeDNS::stop($dns) if $dns;
 }

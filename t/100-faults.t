@@ -19,7 +19,6 @@ use Time::HiRes qw(sleep time);
 
 my $N = 240;
 my $batch = 20;
-my $binary = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
 my $port = ($ENV{TEST_NGINX_SERVER_PORT} || 1984) + 9;
 my $fake_port = $port + 1;
 my $dir = "$FindBin::Bin/servroot-faults";
@@ -41,21 +40,9 @@ X
 
 my $fake = FakeProvider::start($fake_port, $fake_log);
 
-sub nginx {
-    system($binary, '-p', "$dir/", '-c', "$dir/conf/nginx.conf", @_) == 0
-        or die "nginx @_ failed; see $dir/logs/error.log\n";
-}
-
-sub master_pid {
-    open(my $pf, '<', "$dir/logs/nginx.pid") or return;
-    my $pid = <$pf>;
-    chomp $pid;
-    return $pid;
-}
-
 # the master's children; a process that ends while we look is no worker
 sub workers {
-    my $master = master_pid();
+    my $master = Echelon::nginx_pid($dir);
     my @pids;
     for my $stat (glob('/proc/[0-9]*/stat')) {
         open(my $s, '<', $stat) or next;
@@ -66,11 +53,11 @@ sub workers {
 }
 
 END {
-    if (my $m = master_pid()) { kill 'QUIT', $m; sleep 1; kill 'KILL', $m }
+    Echelon::nginx_kill($dir);
     FakeProvider::stop($fake) if $fake;
 }
 
-nginx();
+Echelon::nginx_run($dir);
 Echelon::wait_until(sub { HTTP::Tiny->new(timeout => 1)
                           ->get("$base/v1/account")->{status} == 401 }, 10);
 
@@ -108,7 +95,7 @@ Echelon::api($base, 'PATCH', "/v1/employees/$emp->{id}", $key,
              { enabled => JSON::PP::true });
 
 sleep 0.7;
-nginx('-s', 'reload');
+Echelon::nginx_run($dir, '-s', 'reload');
 
 sleep 1.0;
 my @killed = workers();

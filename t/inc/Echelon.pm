@@ -108,14 +108,12 @@ sub main_config {
 # through the API, then stopped.
 sub with_server {
     my ($code, %o) = @_;
-    my $binary = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
     my $port = ($ENV{TEST_NGINX_SERVER_PORT} || 1984) + 100;
     my $dir = "$ROOT/t/servroot-setup";
 
     write_conf($dir, $port, http_config(extra => 'echelon_scheduler off;'));
 
-    system($binary, '-p', "$dir/", '-c', "$dir/conf/nginx.conf") == 0
-        or die "could not start the set-up nginx; see $dir/logs/error.log\n";
+    nginx_run($dir);
 
     my $base = "http://127.0.0.1:$port";
     my $ok = eval {
@@ -127,9 +125,7 @@ sub with_server {
     };
     my $err = $@;
 
-    if (open(my $pf, '<', "$dir/logs/nginx.pid")) {
-        my $pid = <$pf>;
-        chomp $pid;
+    if (my $pid = nginx_pid($dir)) {
         kill 'QUIT', $pid;
         wait_until(sub { !kill(0, $pid) }, 10);
     }
@@ -176,6 +172,32 @@ $http
 }
 CONF
     close($fh);
+}
+
+# An nginx of a suite's own under $dir (see write_conf): nginx_run starts
+# it, or signals it with arguments ("-s", "reload"); nginx_pid is its
+# master; nginx_kill ends it, at once if it does not end in a second.
+sub nginx_run {
+    my ($dir, @args) = @_;
+    my $binary = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
+    system($binary, '-p', "$dir/", '-c', "$dir/conf/nginx.conf", @args) == 0
+        or die "nginx @args failed; see $dir/logs/error.log\n";
+}
+
+sub nginx_pid {
+    my ($dir) = @_;
+    open(my $pf, '<', "$dir/logs/nginx.pid") or return;
+    my $pid = <$pf>;
+    chomp $pid;
+    return $pid;
+}
+
+sub nginx_kill {
+    my ($dir) = @_;
+    my $pid = nginx_pid($dir) or return;
+    kill 'QUIT', $pid;
+    sleep 1;
+    kill 'KILL', $pid;
 }
 
 # Every block of a suite gets these http{} directives and server{}
